@@ -1,0 +1,45 @@
+"""BatchNorm algebra shared by Neuron Merging and LBYL (``method.md`` §0, §8)."""
+from __future__ import annotations
+
+import torch
+
+from ..units import UnitTensors
+
+VARIANTS = ("paper", "exact")
+
+# |gamma| and sigma are clamped to this floor: the reference has no guard and would divide by zero
+# (method.md §5.2 "Edge cases", §12.4). A clamped channel behaves as a channel with a tiny scale.
+BN_FLOOR = 1e-12
+
+
+def check_variant(variant: str) -> None:
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; allowed: {', '.join(VARIANTS)} "
+                         "('paper' reproduces the published tables, 'exact' uses the exact BN algebra)")
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def bn_gamma_sigma(t: UnitTensors, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamped ``gamma`` and the BN scale denominator ``sigma``.
+
+    ``paper``: sigma is the running *variance* (no sqrt, no eps), as both reference codes use it.
+    ``exact``: sigma = sqrt(running_var + eps), the true inference-time denominator.
+    """
+    gamma = torch.where(t.gamma.abs() < BN_FLOOR, torch.where(t.gamma < 0, -BN_FLOOR, BN_FLOOR), t.gamma)
+    if variant == "paper":
+        sigma = t.var.clamp_min(BN_FLOOR)
+    else:
+        sigma = torch.sqrt(t.var.clamp_min(0.0) + t.eps)
+    return gamma, sigma
+
+
+def pruned_indices(n: int, kept: list[int]) -> torch.Tensor:
+    mask = torch.ones(n, dtype=torch.bool)
+    mask[torch.as_tensor(kept, dtype=torch.long)] = False
+    return torch.nonzero(mask).flatten()

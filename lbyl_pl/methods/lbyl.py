@@ -1,0 +1,134 @@
+"""LBYL: many-to-one compensation by a closed-form ridge solve (``method.md`` §5).
+
+For a BN unit, every pruned filter ``p`` solves (§5.2)
+
+    (G + g_p^2 M) s_p = X^T w_p + lambda1 g_p c_p a,        G = Wk Wk^T,
+
+with ``M = lambda1 ||a||^2 I + lambda2 diag(h^2)`` in the code-faithful ``paper`` variant and
+``M = lambda1 a a^T + lambda2 diag(h^2)`` in the ``exact`` variant (``h = sigma_k / gamma_k``).
+``G`` and ``M`` are shared by all pruned filters of the layer, so one factorisation serves them all:
+with ``M = C C^T`` and ``C^{-1} G C^{-T} = V diag(L) V^T``,
+
+    s_p = C^{-T} V diag(1 / (L + g_p^2)) V^T C^{-1} r_p,
+
+which is a handful of matrix products for the whole layer instead of one Cholesky per filter.
+
+Fully-connected units (LeNet, no BN) use the reference's ``Ridge(alpha=lambda2, fit_intercept=True)``
+(§5.5, §12.7): the ``[w, b]`` coordinates are centred across the kept neurons and every pruned row
+solves the same system ``(Xc^T Xc + lambda2 I) s = Xc^T yc``; lambda1 is unused.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..surgery import selection_matrix
+from ..units import UnitTensors
+from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
+
+SOLVERS = ("shared", "batched")
+
+# Below this reciprocal condition number a system is treated as singular.
+RCOND_MIN = 1e-14
+
+
+class SingularSystemError(ValueError):
+    pass
+
+
+def _solve_spd(A: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
+    """Cholesky solve of SPD ``A`` (batched or not) with a clear error when it is singular."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if (info != 0).any():
+        raise SingularSystemError(
+            f"{what}: the LBYL system is not positive definite (singular Gram matrix, e.g. fewer "
+            "weights per filter than kept filters, or a BN gamma of 0); use lambda2 > 0")
+    return torch.cholesky_solve(rhs, L)
+
+
+def lbyl_system(t: UnitTensors, kept: list[int], lambda1: float, lambda2: float, variant: str):
+    """The per-layer pieces ``G``, ``M``, right-hand sides and ``g`` (all float64), plus ``K``."""
+    W = t.weight
+    k = torch.as_tensor(kept, dtype=torch.long)
+    P = pruned_indices(W.shape[0], kept)
+    Wk, Wp = W[k], W[P]
+    gamma, sigma = bn_gamma_sigma(t, variant)
+    g = gamma[P] / sigma[P]
+    c = gamma[P] * t.mean[P] / sigma[P] - t.beta[P]
+    a = t.mean[k] - sigma[k] * t.beta[k] / gamma[k]
+    h = sigma[k] / gamma[k]
+    G = Wk @ Wk.T
+    rhs = Wp @ Wk.T + lambda1 * (g * c)[:, None] * a[None, :]
+    if variant == "paper":
+        # The reference forms a @ a.T on a 1-D array: the scalar ||a||^2 on the diagonal (§5.2).
+        M = torch.diag(lambda1 * (a @ a) + lambda2 * h * h)
+    else:
+        M = lambda1 * torch.outer(a, a) + lambda2 * torch.diag(h * h)
+    K = g[:, None] * h[None, :]
+    return G, M, rhs, g, K, P
+
+
+def _shared_solve(G, M, rhs, g, what):
+    """Solve ``(G + g_p^2 M) s_p = rhs_p`` for every ``p`` with one factorisation of the layer."""
+    C, info = torch.linalg.cholesky_ex(M)
+    if info != 0:  # M only semi-definite (e.g. lambda2 = 0): materialise the systems instead
+        return _batched_solve(G, M, rhs, g, what)
+    eye = torch.eye(M.shape[0], dtype=M.dtype)
+    C_inv = torch.linalg.solve_triangular(C, eye, upper=False)
+    B = C_inv @ G @ C_inv.T
+    L, V = torch.linalg.eigh((B + B.T) / 2)
+    L = L.clamp_min(0.0)  # G is PSD; negative eigenvalues are rounding noise
+    denom = L[None, :] + (g * g)[:, None]
+    rcond = denom.min(dim=1).values / denom.max(dim=1).values
+    if (rcond < RCOND_MIN).any():
+        raise SingularSystemError(
+            f"{what}: the LBYL system of {int((rcond < RCOND_MIN).sum())} pruned filter(s) is singular "
+            "(BN gamma of 0 removes both lambda terms); use a larger lambda or exclude this layer")
+    Z = (rhs @ C_inv.T @ V) / denom
+    return Z @ V.T @ C_inv
+
+
+def _batched_solve(G, M, rhs, g, what):
+    A = G[None] + (g * g)[:, None, None] * M[None]
+    return _solve_spd(A, rhs[..., None], what)[..., 0]
+
+
+def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: float,
+                  variant: str = "paper", solver: str = "shared", name: str = "unit") -> torch.Tensor:
+    """Delivery matrix ``S`` (n x m, float64) of LBYL for one unit."""
+    check_variant(variant)
+    lambda1 = check_nonnegative("lambda1", lambda1)
+    lambda2 = check_nonnegative("lambda2", lambda2)
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
+    n = t.weight.shape[0]
+    S = selection_matrix(n, kept)
+    if len(kept) == n:
+        return S
+    if not t.has_bn:
+        return _fc_ridge_delivery(t, kept, lambda2, S, name)
+    G, M, rhs, g, K, P = lbyl_system(t, kept, lambda1, lambda2, variant)
+    if not M.abs().any():
+        # No regulariser: every system is G itself, one solve for the layer.
+        s = _solve_spd(G, rhs.T, name).T
+    elif solver == "shared":
+        s = _shared_solve(G, M, rhs, g, name)
+    else:
+        s = _batched_solve(G, M, rhs, g, name)
+    S[P] = s if variant == "paper" else K * s  # paper: deliver s (§5.3); exact: deliver K∘s
+    if not torch.isfinite(S).all():
+        raise SingularSystemError(f"{name}: LBYL produced non-finite coefficients")
+    return S
+
+
+def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch.Tensor,
+                       name: str) -> torch.Tensor:
+    """LeNet: ``sklearn.linear_model.Ridge(alpha=lambda2, fit_intercept=True)`` per pruned row."""
+    W = t.weight
+    P = pruned_indices(W.shape[0], kept)
+    X = W[torch.as_tensor(kept, dtype=torch.long)].T  # (D, m): samples are the D coordinates
+    Y = W[P].T  # (D, q)
+    Xc = X - X.mean(dim=0, keepdim=True)
+    Yc = Y - Y.mean(dim=0, keepdim=True)
+    A = Xc.T @ Xc + lambda2 * torch.eye(X.shape[1], dtype=X.dtype)
+    S[P] = _solve_spd(A, Xc.T @ Yc, name).T  # the fitted intercept is discarded, as in the reference
+    return S

@@ -1,0 +1,80 @@
+"""torchvision ImageNet models with their prunable units declared.
+
+The classes subclass torchvision's own ``ResNet`` and ``MobileNetV2``, so official ImageNet state
+dicts (``resnet34-333f7ec4.pth``, ``resnet101-5d3b4d8f.pth``, ``mobilenet_v2-b0353104.pth``) load
+unchanged.
+"""
+from __future__ import annotations
+
+from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from ..units import PrunableUnit
+
+
+def resnet_units(model: ResNet) -> list[PrunableUnit]:
+    """BasicBlock: conv1 -> conv2. Bottleneck: conv1 -> conv2 and conv2 -> conv3 (method.md §2).
+
+    Residual channels (conv2 of BasicBlock, conv3 of Bottleneck), downsample, stem and fc are never pruned.
+    """
+    units = []
+    for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in layer:
+            units.append(PrunableUnit(block.conv1, block.bn1, block.conv2))
+            if isinstance(block, Bottleneck):
+                units.append(PrunableUnit(block.conv2, block.bn2, block.conv3))
+            elif not isinstance(block, BasicBlock):
+                raise ValueError(f"unsupported ResNet block {type(block).__name__}")
+    return units
+
+
+class ResNet34(ResNet):
+    example_input_size = (1, 3, 224, 224)
+    default_nm_threshold = 0.1
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)
+
+    def prunable_units(self):
+        return resnet_units(self)
+
+
+class ResNet101(ResNet):
+    example_input_size = (1, 3, 224, 224)
+    default_nm_threshold = 0.1
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__(Bottleneck, [3, 4, 23, 3], num_classes=num_classes)
+
+    def prunable_units(self):
+        return resnet_units(self)
+
+
+class MobileNetV2Prunable(MobileNetV2):
+    """MobileNet-V2 with "the first layer of each block" pruned (method.md §2, §10.5).
+
+    This project's reading, since no reference code exists: in every inverted-residual block with an
+    expansion layer (expand_ratio != 1, i.e. all blocks but the first), the output channels of the
+    expansion 1x1 conv (and its BN) are pruned; the matching depthwise-conv channels and their BN are
+    dropped with them (``passthrough``), and the compensation is delivered to the projection 1x1 conv,
+    the next layer that mixes channels. The first block (expand_ratio 1, whose first layer is the
+    depthwise conv) is not pruned. Delivering across the depthwise conv, BN and ReLU6 is a naive
+    adaptation: it is exact when a pruned channel's whole path (expansion filter and BN, depthwise
+    kernel and BN) duplicates a kept channel's, and approximate otherwise.
+    """
+
+    example_input_size = (1, 3, 224, 224)
+    default_nm_threshold = 0.1
+
+    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
+        super().__init__(num_classes=num_classes, width_mult=width_mult)
+
+    def prunable_units(self):
+        units = []
+        for block in self.features:
+            if not isinstance(block, InvertedResidual) or len(block.conv) != 4:
+                continue  # stem, last 1x1 conv, and the expand_ratio=1 block
+            expand, depthwise, project = block.conv[0], block.conv[1], block.conv[2]
+            units.append(PrunableUnit(expand[0], expand[1], project,
+                                      passthrough=(depthwise[0], depthwise[1])))
+        return units

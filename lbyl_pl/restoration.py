@@ -1,0 +1,197 @@
+"""``prune_and_restore``: selection -> restoration -> surgery for a whole network, plus the report."""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .methods import METHODS, lbyl_delivery, merge_delivery, prune_delivery
+from .methods.common import check_nonnegative, check_variant
+from .selection import check_criterion, check_ratio, kept_count, select_kept
+from .surgery import UnitPlan, apply_plans, selection_matrix
+from .units import prunable_units, unit_tensors
+
+__all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
+           "count_params", "count_flops"]
+
+SPEC_FORMAT = "lbyl-pl/pruning-spec/v1"
+
+
+@dataclass
+class UnitReport:
+    name: str
+    channels: int
+    kept: int
+    pruned: int
+    coef_abs_mean: float
+    coef_abs_max: float
+    coef_abs_min: float
+
+
+@dataclass
+class RestorationReport:
+    method: str
+    criterion: str
+    ratio: float
+    variant: str
+    hparams: dict
+    units: list[UnitReport] = field(default_factory=list)
+    coef_abs_mean: float = 0.0  # over every delivered coefficient of every pruned filter (Table A9)
+    coef_abs_max: float = 0.0
+    coef_abs_min: float = 0.0
+    params_before: int = 0
+    params_after: int = 0
+    flops_before: int = 0
+    flops_after: int = 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"{self.method} / {self.criterion} / ratio {self.ratio} / variant {self.variant} "
+                 f"{self.hparams}",
+                 f"{'unit':<28}{'channels':>9}{'kept':>7}{'pruned':>8}{'|c| mean':>12}{'|c| max':>11}"]
+        for u in self.units:
+            lines.append(f"{u.name:<28}{u.channels:>9}{u.kept:>7}{u.pruned:>8}"
+                         f"{u.coef_abs_mean:>12.5f}{u.coef_abs_max:>11.5f}")
+        lines.append(f"coefficients |c|: mean {self.coef_abs_mean:.5f}  max {self.coef_abs_max:.5f}  "
+                     f"min {self.coef_abs_min:.5f}")
+        lines.append(f"params {self.params_before:,} -> {self.params_after:,} "
+                     f"({self.params_after / max(self.params_before, 1):.3f}x);  "
+                     f"FLOPs {self.flops_before:,} -> {self.flops_after:,} "
+                     f"({self.flops_after / max(self.flops_before, 1):.3f}x)")
+        return "\n".join(lines)
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module) -> int:
+    """FLOPs of one forward pass on the architecture's example input (``torch.utils.flop_counter``)."""
+    size = getattr(model, "example_input_size", None)
+    if size is None:
+        return 0
+    param = next(model.parameters())
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(size, dtype=param.dtype, device=param.device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver):
+    if method == "lbyl":
+        return {"lambda1": check_nonnegative("lambda1", lambda1),
+                "lambda2": check_nonnegative("lambda2", lambda2), "solver": solver}
+    if method == "merge":
+        if threshold is None:
+            threshold = getattr(model, "default_nm_threshold", 0.1)
+        return {"threshold": check_nonnegative("threshold", threshold),
+                "nm_lambda": check_nonnegative("nm_lambda", nm_lambda)}
+    return {}
+
+
+def _delivery(method, tensors, kept, variant, hparams, name):
+    if method == "prune":
+        return prune_delivery(tensors, kept)
+    if method == "merge":
+        return merge_delivery(tensors, kept, threshold=hparams["threshold"],
+                              nm_lambda=hparams["nm_lambda"], variant=variant)
+    return lbyl_delivery(tensors, kept, lambda1=hparams["lambda1"], lambda2=hparams["lambda2"],
+                         variant=variant, solver=hparams["solver"], name=name)
+
+
+def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "l2-norm",
+                      ratio: float = 0.3, *, lambda1: float = 1e-6, lambda2: float = 1e-2,
+                      threshold: float | None = None, nm_lambda: float = 0.85,
+                      variant: str = "paper", solver: str = "shared", kept: dict | None = None,
+                      progress: bool = False):
+    """Prune every declared unit of ``model`` at ``ratio`` and restore it without data.
+
+    Returns ``(restored, report)``. ``restored`` is a new, physically smaller module carrying its
+    pruning spec in ``restored.lbyl_spec`` (plain data, see ``lbyl_pl.save_restored``); ``model`` is
+    not modified. ``method`` is ``prune``, ``merge`` (Neuron Merging: ``threshold``, ``nm_lambda``;
+    ``threshold=None`` takes the architecture's default, 0.1 for conv nets and 0.45 for LeNet) or
+    ``lbyl`` (``lambda1``, ``lambda2``). ``variant="paper"`` reproduces the published tables;
+    ``"exact"`` uses the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name
+    instead of running the criterion.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    check_criterion(criterion)
+    check_ratio(ratio)
+    check_variant(variant)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    hparams = _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver)
+    units = prunable_units(model)
+    iterator = units
+    if progress:
+        from tqdm.auto import tqdm
+        iterator = tqdm(units, desc=f"{method}/{criterion}/r={ratio}", unit="layer", leave=False)
+
+    plans, unit_reports, pruned_coefs = [], [], []
+    with torch.no_grad():
+        for unit in iterator:
+            tensors = unit_tensors(unit)  # float64 copies of the *original* weights (§5.5)
+            n = unit.n_channels
+            if kept is not None and unit.name in kept:
+                unit_kept = sorted(int(i) for i in kept[unit.name])
+                if len(set(unit_kept)) != len(unit_kept) or not unit_kept or \
+                        unit_kept[0] < 0 or unit_kept[-1] >= n:
+                    raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
+            else:
+                unit_kept = select_kept(tensors.weight, criterion, kept_count(n, ratio, unit.count_rule))
+            S = _delivery(method, tensors, unit_kept, variant, hparams, unit.name)
+            plans.append(UnitPlan(unit, unit_kept, S))
+            pruned_rows = S[selection_matrix(n, unit_kept).sum(dim=1) == 0].abs()
+            pruned_coefs.append(pruned_rows.flatten())
+            stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \
+                if pruned_rows.numel() else (0.0, 0.0, 0.0)
+            unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), *stats))
+        restored = apply_plans(model, plans)
+
+    spec = {
+        "format": SPEC_FORMAT,
+        "arch": copy.deepcopy(getattr(model, "lbyl_arch", None)),
+        "method": method, "criterion": criterion, "ratio": float(ratio), "variant": variant,
+        "hparams": hparams,
+        "units": {plan.unit.name: list(plan.kept) for plan in plans},
+    }
+    restored.lbyl_spec = spec
+    all_coefs = torch.cat(pruned_coefs) if pruned_coefs else torch.zeros(0)
+    report = RestorationReport(
+        method, criterion, float(ratio), variant, hparams, unit_reports,
+        all_coefs.mean().item() if all_coefs.numel() else 0.0,
+        all_coefs.max().item() if all_coefs.numel() else 0.0,
+        all_coefs.min().item() if all_coefs.numel() else 0.0,
+        count_params(model), count_params(restored), count_flops(model), count_flops(restored))
+    return restored, report
+
+
+def restore_from_spec(model: nn.Module, spec: dict) -> nn.Module:
+    """Rebuild the pruned *shapes* described by ``spec`` on an unpruned ``model`` (weights are placeholders
+    until a state dict is loaded)."""
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
+        raise ValueError(f"not an lbyl-pl pruning spec (expected format {SPEC_FORMAT!r})")
+    units = {u.name: u for u in prunable_units(model)}
+    unknown = sorted(set(spec["units"]) - set(units))
+    if unknown:
+        raise ValueError(f"pruning spec names units this architecture does not have: {unknown[:5]}")
+    plans = []
+    for name, kept in spec["units"].items():
+        unit = units[name]
+        kept = [int(i) for i in kept]
+        if not kept or max(kept) >= unit.n_channels:
+            raise ValueError(f"pruning spec keeps indices outside [0, {unit.n_channels}) in {name!r}")
+        plans.append(UnitPlan(unit, kept, selection_matrix(unit.n_channels, kept)))
+    pruned = apply_plans(model, plans)
+    pruned.lbyl_spec = copy.deepcopy(spec)
+    return pruned

@@ -1,0 +1,98 @@
+"""Selection: which filters of a layer are kept (``method.md`` §1).
+
+A criterion maps a layer's *original* weight matrix ``W`` (one row per output filter, flattened over
+inputs; for fully-connected layers the bias is appended to each row, §11) to the indices it keeps.
+The returned indices are always sorted ascending: the kept order only permutes channels and LBYL's
+solve is permutation-equivariant (§1, "Kept order does not change the function"), so a canonical
+order makes specs and tests deterministic.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores"]
+
+CRITERIA = ("l1-norm", "l2-norm", "l2-GM", "random_1", "random_2", "random_3")
+COUNT_RULES = ("floor", "round")
+
+
+def kept_count(n: int, ratio: float, rule: str = "floor") -> int:
+    """Number of filters kept out of ``n`` at pruning ratio ``ratio``.
+
+    Conv layers use Python ``int((1 - r) * n)`` (the reference's VGG/ResNet width tables);
+    LeNet's fully-connected layers use ``round`` (§1, §11).
+    """
+    check_ratio(ratio)
+    if rule == "floor":
+        m = int((1.0 - ratio) * n)
+    elif rule == "round":
+        m = int(round((1.0 - ratio) * n))
+    else:
+        raise ValueError(f"unknown count rule {rule!r}; allowed: {', '.join(COUNT_RULES)}")
+    if m < 1:
+        raise ValueError(
+            f"ratio={ratio} keeps {m} of {n} channels; at least one channel must remain "
+            f"(use a ratio below {1 - 1 / n:.4f} for this layer)")
+    return m
+
+
+def check_ratio(ratio: float) -> None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not math.isfinite(ratio) \
+            or not 0.0 <= ratio < 1.0:
+        raise ValueError(f"ratio must be a number in [0, 1), got {ratio!r}")
+
+
+def check_criterion(criterion: str) -> None:
+    if criterion not in CRITERIA:
+        raise ValueError(f"unknown criterion {criterion!r}; allowed: {', '.join(CRITERIA)}")
+
+
+def _random1_digits(weight: torch.Tensor) -> torch.Tensor:
+    # The reference prints each filter's float32 weight sum as a Python float and keeps the filters
+    # whose *last printed character* is smallest: deterministic, but not bit-reproducible across
+    # summation orders (§1). We sum in float32 as it does.
+    sums = weight.to(torch.float32).sum(dim=1)
+    digits = []
+    for value in sums.tolist():  # tolist() gives the float32 value as a Python float
+        last = repr(value)[-1]
+        digits.append(int(last) if last.isdigit() else 0)
+    return torch.tensor(digits, dtype=torch.float64)
+
+
+def criterion_scores(weight: torch.Tensor, criterion: str) -> torch.Tensor:
+    """Per-filter score where *larger means keep* (random_2/3 are positional, see ``select_kept``)."""
+    check_criterion(criterion)
+    w = weight.detach().reshape(weight.shape[0], -1).cpu()
+    if criterion == "l1-norm":
+        # float32 norms, as the reference computes them
+        return torch.linalg.vector_norm(w.float(), ord=1, dim=1).double()
+    if criterion == "l2-norm":
+        return torch.linalg.vector_norm(w.float(), ord=2, dim=1).double()
+    if criterion == "l2-GM":
+        w64 = w.double()
+        dist = torch.cdist(w64, w64, compute_mode="donot_use_mm_for_euclid_dist")
+        # filters with the smallest total distance (nearest the geometric median) are pruned
+        return dist.abs().sum(dim=0)
+    if criterion == "random_1":
+        return -_random1_digits(w)
+    if criterion == "random_2":  # keeps the last m filters
+        return torch.arange(w.shape[0], dtype=torch.float64)
+    return -torch.arange(w.shape[0], dtype=torch.float64)  # random_3 keeps the first m
+
+
+def select_kept(weight: torch.Tensor, criterion: str, n_keep: int) -> list[int]:
+    """Indices (ascending) of the ``n_keep`` filters that ``criterion`` keeps.
+
+    ``weight`` is ``(n, ...)``; rows are flattened. Ties are broken towards the lower index
+    (stable sort) so every process and every run agrees.
+    """
+    n = weight.shape[0]
+    if not 1 <= n_keep <= n:
+        raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
+    if not torch.isfinite(weight).all():
+        raise ValueError("weights contain NaN or Inf; cannot rank filters")
+    scores = criterion_scores(weight, criterion)
+    order = torch.sort(-scores, stable=True).indices  # descending score, lower index first on ties
+    return sorted(order[:n_keep].tolist())
