@@ -69,12 +69,21 @@ def lbyl_system(t: UnitTensors, kept: list[int], lambda1: float, lambda2: float,
 
 def _shared_solve(G, M, rhs, g, what):
     """Solve ``(G + g_p^2 M) s_p = rhs_p`` for every ``p`` with one factorisation of the layer."""
-    C, info = torch.linalg.cholesky_ex(M)
-    if info != 0:  # M only semi-definite (e.g. lambda2 = 0): materialise the systems instead
-        return _batched_solve(G, M, rhs, g, what)
-    eye = torch.eye(M.shape[0], dtype=M.dtype)
-    C_inv = torch.linalg.solve_triangular(C, eye, upper=False)
-    B = C_inv @ G @ C_inv.T
+    diagonal = not (M - torch.diag(torch.diagonal(M))).any()  # always so in the paper variant
+    if diagonal:
+        # C = diag(sqrt(M_jj)): C^{-1} is a scaling, no Cholesky, triangular inverse or products.
+        d = torch.diagonal(M)
+        if not (d > 0).all():  # M only semi-definite (e.g. lambda2 = 0): materialise the systems
+            return _batched_solve(G, M, rhs, g, what)
+        c_inv = 1.0 / torch.sqrt(d)
+        B = c_inv[:, None] * G * c_inv[None, :]
+    else:
+        C, info = torch.linalg.cholesky_ex(M)
+        if info != 0:  # M only semi-definite (e.g. lambda2 = 0): materialise the systems instead
+            return _batched_solve(G, M, rhs, g, what)
+        eye = torch.eye(M.shape[0], dtype=M.dtype)
+        C_inv = torch.linalg.solve_triangular(C, eye, upper=False)
+        B = C_inv @ G @ C_inv.T
     L, V = torch.linalg.eigh((B + B.T) / 2)
     L = L.clamp_min(0.0)  # G is PSD; negative eigenvalues are rounding noise
     denom = L[None, :] + (g * g)[:, None]
@@ -83,6 +92,9 @@ def _shared_solve(G, M, rhs, g, what):
         raise SingularSystemError(
             f"{what}: the LBYL system of {int((rcond < RCOND_MIN).sum())} pruned filter(s) is singular "
             "(BN gamma of 0 removes both lambda terms); use a larger lambda or exclude this layer")
+    if diagonal:
+        Z = ((rhs * c_inv[None, :]) @ V) / denom
+        return (Z @ V.T) * c_inv[None, :]
     Z = (rhs @ C_inv.T @ V) / denom
     return Z @ V.T @ C_inv
 

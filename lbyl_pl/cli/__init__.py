@@ -1,0 +1,1 @@
+"""Entry points; the scripts at the repository root are thin wrappers around ``cli()`` here."""

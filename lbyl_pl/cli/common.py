@@ -1,0 +1,139 @@
+"""Shared plumbing of the entry points: arguments, config, output directory, trainer, network loading."""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import find_checkpoint, load_weights
+from ..config import ConfigError, load_config, save_config
+from ..models import build_model
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """Bad input detected by an entry point (exit status 2)."""
+
+
+def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description,
+        epilog="Overrides are dotted config keys with YAML values, e.g. trainer.devices=2 "
+               "restore.ratios=[0.1,0.5] data.root=/data. Several --config files merge in order.")
+    parser.add_argument("--config", action="append", default=[], metavar="YAML",
+                        help="config file (repeatable; later files override earlier ones)")
+    parser.add_argument("--output-dir", help="run directory (overrides output_dir)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
+    return parser
+
+
+def resolve_config(args) -> dict:
+    overrides = list(args.overrides)
+    if args.output_dir:
+        overrides.append(f"output_dir={args.output_dir}")
+    return load_config(args.config, overrides)
+
+
+def prepare_output_dir(path: str | os.PathLike) -> Path:
+    """Create the run directory and prove it is writable before any work is done."""
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"output directory {out} is not writable: {err.strerror or err}") from None
+    return out
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def quiet_lightning() -> None:
+    """Drop Lightning's per-Trainer banners (GPU/TPU availability, tips); warnings still show."""
+    import logging
+    for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
+                 "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def start_run(config: dict) -> Path:
+    quiet_lightning()
+    threads = config["trainer"].get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    out = prepare_output_dir(config["output_dir"])
+    save_config(config, out / "config.yaml")
+    return out
+
+
+def load_network(config: dict, required: bool = True) -> torch.nn.Module:
+    """The configured architecture with the configured checkpoint (sha256-checked when known).
+
+    ``model.checkpoint: random`` (or null when not ``required``) keeps random initial weights.
+    """
+    m = config["model"]
+    net = build_model(m["arch"], m["num_classes"])
+    checkpoint = m["checkpoint"]
+    if checkpoint in (None, "random"):
+        if checkpoint is None and required:
+            raise UsageError("model.checkpoint is not set: give a checkpoint file (found in model.checkpoint_dir "
+                             "or $LBYL_CHECKPOINTS) or 'random' for random weights")
+        return net
+    return load_weights(net, find_checkpoint(str(checkpoint), m["checkpoint_dir"]))
+
+
+def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True,
+                  progress: bool | None = None):
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    t = config["trainer"]
+    if logger is True:
+        logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
+    return pl.Trainer(
+        accelerator=t["accelerator"], devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"],
+        precision=t["precision"], max_epochs=max_epochs if max_epochs is not None else t["max_epochs"],
+        deterministic=t["deterministic"], limit_train_batches=t["limit_train_batches"],
+        limit_val_batches=t["limit_val_batches"], log_every_n_steps=t["log_every_n_steps"],
+        enable_progress_bar=t["enable_progress_bar"] if progress is None else progress,
+        # our DataModules shard themselves: training padded, evaluation exact (no duplicated samples)
+        use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
+        default_root_dir=str(out), logger=logger, callbacks=list(callbacks))
+
+
+def run(main, argv=None) -> int:
+    """Call ``main(argv)``; bad input ends with a one-line message and exit status 2."""
+    try:
+        return main(argv) or 0
+    except (UsageError, ConfigError, ValueError, FileNotFoundError, PermissionError) as err:
+        if os.environ.get("LBYL_DEBUG"):
+            traceback.print_exc()
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE

@@ -1,0 +1,111 @@
+"""report.py: read fine-tuning runs' TensorBoard events and write the before -> after table (as the
+paper's Table A8) and the convergence curves (PNG).
+
+Usage: report.py RUN_DIR [RUN_DIR ...] --output-dir DIR   (a RUN_DIR is a finetune.py output directory;
+a directory holding several of them is searched one level down).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .common import UsageError, prepare_output_dir, run, write_csv, write_json, write_text_atomic
+
+TAG = "curve/val_acc1"
+LABELS = {"lbyl": "LBYL", "merge": "NM", "prune": "Prune"}
+
+
+def read_curve(run_dir: Path) -> dict[int, float]:
+    """``epoch -> top-1`` from every event file of the run (the last write of an epoch wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curve: dict[int, tuple[float, float]] = {}
+    for events in sorted(run_dir.rglob("events.out.tfevents.*")):
+        acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        acc.Reload()
+        if TAG in acc.Tags().get("scalars", []):
+            for e in acc.Scalars(TAG):
+                if e.step not in curve or e.wall_time >= curve[e.step][0]:
+                    curve[e.step] = (e.wall_time, e.value)
+    return {step: value for step, (_, value) in sorted(curve.items())}
+
+
+def find_runs(paths) -> list[Path]:
+    runs = []
+    for p in map(Path, paths):
+        if (p / "finetune.json").is_file():
+            runs.append(p)
+        elif p.is_dir():
+            runs += sorted(q.parent for q in p.glob("*/finetune.json"))
+        else:
+            raise UsageError(f"{p} is not a finetune.py run directory")
+    if not runs:
+        raise UsageError(f"no finetune.py runs (directories with finetune.json) under: {', '.join(map(str, paths))}")
+    return runs
+
+
+def run_label(info: dict) -> str:
+    if info["init"] == "scratch":
+        return "Scratch"
+    return LABELS.get(info["method"], info["method"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="report.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", help="finetune.py run directories (or their parent)")
+    parser.add_argument("--output-dir", required=True, help="where table.md/csv, curves.png, report.json go")
+    parser.add_argument("--title", default="Fine-tuning after data-free restoration")
+    args = parser.parse_args(argv)
+    out = prepare_output_dir(args.output_dir)
+    rows, curves = [], {}
+    for run_dir in find_runs(args.runs):
+        info = json.loads((run_dir / "finetune.json").read_text())
+        curve = read_curve(run_dir)
+        if not curve:
+            raise UsageError(f"{run_dir} has no '{TAG}' events (was it written by finetune.py?)")
+        label = run_label(info)
+        last_epoch = max(curve)
+        rows.append({"run": run_dir.name, "label": label, "method": info["method"], "init": info["init"],
+                     "criterion": info["criterion"], "ratio": info["ratio"], "epochs": last_epoch,
+                     "before": round(curve.get(0, float("nan")), 2), "after": round(curve[last_epoch], 2),
+                     "best": round(max(curve.values()), 2)})
+        curves[f"{label} (r={info['ratio']})"] = curve
+    lines = [f"# {args.title}", "", "| run | ratio | criterion | epochs | before → after | best |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['ratio']:.0%} | {r['criterion']} | {r['epochs']} | "
+                     f"{r['before']:.2f} → {r['after']:.2f} | {r['best']:.2f} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    write_text_atomic(out / "table.md", table)
+    write_csv(out / "table.csv", rows)
+    write_json(out / "report.json", {"rows": rows, "curves": {k: {str(e): v for e, v in c.items()}
+                                                              for k, c in curves.items()}})
+    plot_curves(curves, out / "curves.png", args.title)
+    return 0
+
+
+def plot_curves(curves: dict, path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for label, curve in curves.items():
+        ax.plot(list(curve), list(curve.values()), marker="o", markersize=3, label=label)
+    ax.set_xlabel("epoch (0 = before any training step)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def cli(argv=None) -> int:
+    return run(main, argv)

@@ -1,0 +1,108 @@
+"""restore.py: data-free restoration tables (original, then every method x criterion x ratio)."""
+from __future__ import annotations
+
+import copy
+import time
+
+from ..callbacks import RestoreCallback
+from ..checkpoints import save_restored
+from ..config import ConfigError, lookup_ratio
+from ..datamodules import build_datamodule
+from ..module import ClassifierModule
+from ..restoration import prune_and_restore
+from .common import (build_trainer, load_network, make_parser, resolve_config, run, start_run, write_csv,
+                     write_json, write_text_atomic)
+
+METHOD_TITLES = {"lbyl": "LBYL", "merge": "NM", "prune": "prune"}
+DEFAULT_LAMBDAS = (1e-6, 1e-2)
+DEFAULT_NM_LAMBDA = 0.85
+
+
+def hyperparameters(config: dict, criterion: str, ratio: float) -> dict:
+    r = config["restore"]
+    lambdas = lookup_ratio(r["lambdas"], criterion, ratio, "restore.lambdas") or DEFAULT_LAMBDAS
+    nm = lookup_ratio(r["nm"], criterion, ratio, "restore.nm") or (None, DEFAULT_NM_LAMBDA)
+    if len(lambdas) != 2 or len(nm) != 2:
+        raise ConfigError(f"restore.lambdas / restore.nm entries are [a, b] pairs; got {lambdas!r} / {nm!r} "
+                          f"for {criterion} at ratio {ratio}")
+    return {"lambda1": float(lambdas[0]), "lambda2": float(lambdas[1]),
+            "threshold": None if nm[0] is None else float(nm[0]), "nm_lambda": float(nm[1])}
+
+
+def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
+    m = config["model"]
+    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
+    module.set_net(copy.deepcopy(net))
+    trainer = build_trainer(config, out, callbacks=[callback] if callback else [], logger=False)
+    metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    return {"acc1": float(metrics["val/acc1"]), "acc5": float(metrics["val/acc5"]),
+            "net": module.net if callback is None or callback.report is not None else None}
+
+
+def format_markdown(config, original, rows) -> str:
+    methods = config["restore"]["methods"]
+    m, d = config["model"], config["data"]
+    lines = [f"# Data-free restoration: {m['arch']} on {d['name']} ({d['eval_split'] if d['eval_on'] == 'test' else 'holdout'})",
+             "", f"Original network: top-1 {original['acc1']:.2f}, top-5 {original['acc5']:.2f}. "
+             f"LBYL variant: {config['restore']['variant']}. Top-1 (%) without fine-tuning.", ""]
+    for criterion in config["restore"]["criteria"]:
+        lines += [f"## {criterion}", "",
+                  "| ratio | λ1 | λ2 | NM t / λ | " + " | ".join(METHOD_TITLES[x] for x in methods) + " |",
+                  "|---" * (4 + len(methods)) + "|"]
+        for ratio in config["restore"]["ratios"]:
+            cells = {r["method"]: r for r in rows if r["criterion"] == criterion and r["ratio"] == ratio}
+            any_row = next(iter(cells.values()))
+            nm = f"{any_row['threshold']} / {any_row['nm_lambda']}" if "merge" in cells else "–"
+            lines.append(f"| {ratio:.0%} | {any_row['lambda1']:g} | {any_row['lambda2']:g} | {nm} | "
+                         + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = make_parser("restore.py", __doc__)
+    args = parser.parse_args(argv)
+    config = resolve_config(args)
+    out = start_run(config)
+    r = config["restore"]
+    if not r["methods"] or not r["criteria"] or not r["ratios"]:
+        raise ConfigError("restore.methods, restore.criteria and restore.ratios must be non-empty lists")
+    net = load_network(config)
+    datamodule = build_datamodule(config["data"], seed=config["seed"])
+    started = time.time()
+    original = evaluate_with_lightning(config, net, datamodule, out)
+    print(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}", flush=True)
+    rows = []
+    for criterion in r["criteria"]:
+        for ratio in r["ratios"]:
+            hp = hyperparameters(config, criterion, ratio)
+            for method in r["methods"]:
+                kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=r["variant"], **hp)
+                callback = RestoreCallback(**kwargs, seed=config["seed"])
+                result = evaluate_with_lightning(config, net, datamodule, out, callback)
+                report = callback.report
+                restored = result["net"]
+                if report is None:  # spawned processes did the work; recompute the report here (cheap)
+                    restored, report = prune_and_restore(net, **kwargs)
+                row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": r["variant"],
+                       **hp, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
+                       "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
+                       "coef_abs_min": report.coef_abs_min, "params": report.params_after,
+                       "flops": report.flops_after}
+                rows.append(row)
+                print(f"{criterion:>9} r={ratio:<5} {METHOD_TITLES[method]:>5}: top-1 {row['acc1']:.2f}  "
+                      f"top-5 {row['acc5']:.2f}", flush=True)
+                if r["save_checkpoints"]:
+                    save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}.pth",
+                                  acc1=row["acc1"])
+    table = format_markdown(config, original, rows)
+    print("\n" + table)
+    write_text_atomic(out / "table.md", table + "\n")
+    write_csv(out / "table.csv", rows)
+    write_json(out / "results.json", {"original": {k: original[k] for k in ("acc1", "acc5")}, "rows": rows,
+                                      "seconds": round(time.time() - started, 1), "config": config})
+    return 0
+
+
+def cli(argv=None) -> int:
+    return run(main, argv)

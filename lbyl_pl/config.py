@@ -1,0 +1,140 @@
+"""YAML configuration: defaults, merging of several ``--config`` files, dotted overrides, validation.
+
+A config is a nested dict. Files are merged in order over ``DEFAULTS``; then ``key.sub=value``
+overrides (values parsed as YAML) are applied. Unknown keys are rejected with the list of allowed
+ones, except inside the free-form maps listed in ``FREE_FORM`` (per-ratio hyperparameter tables).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_override", "save_config", "lookup_ratio"]
+
+
+class ConfigError(ValueError):
+    """A bad configuration file, key or value (entry points exit with status 2)."""
+
+
+DEFAULTS: dict = {
+    "seed": 0,
+    "output_dir": "runs/default",
+    "model": {"arch": "lenet300", "num_classes": None, "checkpoint": None, "checkpoint_dir": None},
+    "data": {
+        "name": "fashion_mnist",  # fashion_mnist | cifar10_npz | cifar10 | cifar100 | imagenet | synthetic
+        "root": None,             # default: $LBYL_DATA
+        "eval_split": "test",     # cifar10_npz: test (JPEG copy) | lossless_test; others: test
+        "eval_on": "test",        # test | holdout (the held-out part of the training set)
+        "holdout": 0,             # size of the held-out split of the training set
+        "holdout_seed": 0,
+        "train_subset": 0,        # >0: train on the first N (shuffled) training samples only
+        "download": False,
+        "augment": True,
+        "batch_size": 128,
+        "eval_batch_size": 500,
+        "num_workers": 0,
+        "synthetic": {"num_train": 64, "num_eval": 48, "image_size": 32, "channels": 3, "num_classes": 10},
+    },
+    "restore": {
+        "methods": ["lbyl", "merge", "prune"],
+        "criteria": ["l2-norm"],
+        "ratios": [0.5],
+        "variant": "paper",
+        "lambdas": {},        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]
+        "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]
+        "save_checkpoints": False,
+    },
+    "train": {"ratio": 0.0, "spec": None},  # train.py: width of a pruning ratio / spec checkpoint
+    "finetune": {"method": "lbyl", "criterion": "l2-norm", "ratio": 0.5, "init": "restored", "epochs": None},
+    "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine",
+              "milestones": [], "gamma": 0.1, "warmup_epochs": 0},
+    "trainer": {"max_epochs": 20, "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1,
+                "precision": "32-true", "channels_last": False, "deterministic": False,
+                "limit_train_batches": None, "limit_val_batches": None, "log_every_n_steps": 50,
+                "enable_progress_bar": True, "threads": None},
+}
+
+FREE_FORM = {("restore", "lambdas"), ("restore", "nm")}
+
+
+def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
+    if not isinstance(update, dict):
+        raise ConfigError(f"config section {'.'.join(path) or '<root>'} must be a mapping, got {update!r}")
+    for key, value in update.items():
+        where = path + (key,)
+        if path in FREE_FORM or where in FREE_FORM:
+            base[key] = copy.deepcopy(value)
+            continue
+        if key not in base:
+            allowed = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key {'.'.join(map(str, where))!r}; allowed here: {allowed}")
+        if isinstance(base[key], dict):
+            _merge(base[key], value, where)
+        else:
+            base[key] = value
+    return base
+
+
+def apply_override(config: dict, override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place (``value`` parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like key.sub=value")
+    key, _, raw = override.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({err})") from None
+    update: dict = {}
+    node = update
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key part")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    _merge(config, update)
+
+
+def load_config(files=(), overrides=()) -> dict:
+    config = copy.deepcopy(DEFAULTS)
+    for file in files:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} not found")
+        try:
+            content = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        _merge(config, content)
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def save_config(config: dict, path: str | os.PathLike) -> None:
+    """Write the resolved config as YAML, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def lookup_ratio(table: dict, criterion: str, ratio: float, what: str):
+    """``table[criterion][ratio]``, falling back to ``table[criterion]["default"]`` then ``table["default"]``."""
+    per_criterion = table.get(criterion, {})
+    if not isinstance(per_criterion, dict):
+        raise ConfigError(f"{what}.{criterion} must map ratios to values, got {per_criterion!r}")
+    for key, value in per_criterion.items():
+        if key != "default" and abs(float(key) - ratio) < 1e-9:
+            return value
+    if "default" in per_criterion:
+        return per_criterion["default"]
+    if "default" in table:
+        return table["default"]
+    return None
