@@ -89,10 +89,12 @@ class RestoreCallback(Callback):
             return
         device = next(pl_module.net.parameters()).device
         was_training = pl_module.net.training
-        restored, report = prune_and_restore(pl_module.net.cpu(), **self.kwargs)
-        if self.init == "scratch":
-            reinitialize(restored, self.seed)
-            restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")
+        # Validation runs under inference_mode; parameters made there could never be trained later.
+        with torch.inference_mode(False):
+            restored, report = prune_and_restore(pl_module.net.cpu(), **self.kwargs)
+            if self.init == "scratch":
+                reinitialize(restored, self.seed)
+                restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")
         restored.train(was_training)
         pl_module.set_net(restored.to(device))
         self.report, self.spec = report, restored.lbyl_spec

@@ -11,7 +11,7 @@ from torch import nn
 from lbyl_pl import prune_and_restore
 from lbyl_pl.methods.lbyl import SingularSystemError, lbyl_delivery, lbyl_system
 from lbyl_pl.surgery import selection_matrix
-from lbyl_pl.units import UnitTensors
+from lbyl_pl.units import UnitTensors, prunable_units, unit_tensors
 
 VARIANTS = ("paper", "exact")
 SOLVERS = ("shared", "batched")
@@ -154,7 +154,6 @@ def test_paper_variant_is_exact_only_when_K_is_one(one_unit_net, act):
     restored, _ = prune_and_restore(model, "lbyl", ratio=0.5, kept={"conv": kept}, lambda1=1e-12,
                                     lambda2=1e-12, variant="paper")
     assert (restored(x) - ref).abs().max().item() > 1e-3 * ref.abs().max().item()
-    from lbyl_pl.units import unit_tensors, prunable_units
     t = unit_tensors(prunable_units(model)[0])
     S = lbyl_delivery(t, kept, lambda1=1e-12, lambda2=1e-12, variant="paper")
     assert (S[P] - coef).abs().max().item() < 1e-8          # plain s is delivered (§5.3, §12.5)
@@ -232,7 +231,7 @@ SOLVER_CASES = [
     (16, 30, 9, 0.0, 1e-2),
     (64, 27, 57, 6e-6, 1e-4),   # VGG conv1-like, d < m, published VGG L2 r=0.1 lambdas
     (64, 27, 57, 4e-5, 2e-4),
-    (64, 27, 32, 1e-6, 1e-2),   # r = 0.5: d < m still false? (m = 32 > 27)
+    (64, 27, 32, 1e-6, 1e-2),   # r = 0.5: still d = 27 < m = 32
 ]
 
 
@@ -361,3 +360,28 @@ def test_fc_ridge_exact_recovery(unit_tensors_factory):
     t.weight[P] = coef @ t.weight[kept]
     S = lbyl_delivery(t, kept, lambda1=0.0, lambda2=1e-12)
     assert (S[P] - coef).abs().max().item() < 1e-9
+
+
+# --------------------------------------------------------------------------- §5.5 unit chains
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_chained_units_use_original_weights(tiny_net, variant):
+    """conv2 is both the consumer of unit 1 and the pruned layer of unit 2: its coefficients come from
+    its original full-input weights, and the two edits act on different axes (method.md §5.5)."""
+    model = tiny_net(c1=8, c2=6)
+    units = prunable_units(model)
+    t1, t2 = unit_tensors(units[0]), unit_tensors(units[1])
+    restored, _ = prune_and_restore(model, "lbyl", "l2-norm", 0.5, lambda1=1e-4, lambda2=1e-2, variant=variant)
+    k1, k2 = restored.lbyl_spec["units"]["conv1"], restored.lbyl_spec["units"]["conv2"]
+    assert (len(k1), len(k2)) == (4, 3)
+    S1 = lbyl_delivery(t1, k1, lambda1=1e-4, lambda2=1e-2, variant=variant)
+    S2 = lbyl_delivery(t2, k2, lambda1=1e-4, lambda2=1e-2, variant=variant)
+    W1, W2, U = model.conv1.weight.detach(), model.conv2.weight.detach(), model.fc.weight.detach()
+    assert torch.equal(restored.conv1.weight, W1[k1])
+    expected_conv2 = torch.einsum("oihw,ij->ojhw", W2, S1)[k2]
+    assert torch.allclose(restored.conv2.weight, expected_conv2, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(restored.fc.weight, U @ S2, rtol=1e-12, atol=1e-12)
+    assert torch.equal(restored.fc.bias, model.fc.bias)           # no bias correction anywhere
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        assert torch.equal(getattr(restored.bn1, name), getattr(model.bn1, name)[k1])
+        assert torch.equal(getattr(restored.bn2, name), getattr(model.bn2, name)[k2])

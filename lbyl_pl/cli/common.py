@@ -78,6 +78,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 def quiet_lightning() -> None:
     """Drop Lightning's per-Trainer banners (GPU/TPU availability, tips); warnings still show."""
     import logging
+    import warnings
+    # ClassifierModule logs values torchmetrics already reduced across ranks; Lightning cannot know.
+    warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -125,6 +128,9 @@ def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | No
         enable_progress_bar=t["enable_progress_bar"] if progress is None else progress,
         # our DataModules shard themselves: training padded, evaluation exact (no duplicated samples)
         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
+        # no_grad instead of inference_mode: tensors made while validating before fit (restored
+        # parameters, metric states) must stay usable by training afterwards
+        inference_mode=False,
         default_root_dir=str(out), logger=logger, callbacks=list(callbacks))
 
 

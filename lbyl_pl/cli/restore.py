@@ -84,8 +84,9 @@ def main(argv=None) -> int:
                 restored = result["net"]
                 if report is None:  # spawned processes did the work; recompute the report here (cheap)
                     restored, report = prune_and_restore(net, **kwargs)
+                resolved = dict(hp, threshold=report.hparams.get("threshold", hp["threshold"]))
                 row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": r["variant"],
-                       **hp, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
+                       **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
                        "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
                        "coef_abs_min": report.coef_abs_min, "params": report.params_after,
                        "flops": report.flops_after}
