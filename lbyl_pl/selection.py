@@ -71,10 +71,12 @@ def criterion_scores(weight: torch.Tensor, criterion: str) -> torch.Tensor:
     if criterion == "l2-norm":
         return torch.linalg.vector_norm(w.float(), ord=2, dim=1).double()
     if criterion == "l2-GM":
-        w64 = w.double()
-        dist = torch.cdist(w64, w64, compute_mode="donot_use_mm_for_euclid_dist")
+        from scipy.spatial.distance import cdist
+
+        # float64 pairwise distances exactly as the reference computes them (scipy's cdist);
         # filters with the smallest total distance (nearest the geometric median) are pruned
-        return dist.abs().sum(dim=0)
+        w64 = w.double().numpy()
+        return torch.from_numpy(abs(cdist(w64, w64, "euclidean")).sum(axis=0))
     if criterion == "random_1":
         return -_random1_digits(w)
     if criterion == "random_2":  # keeps the last m filters

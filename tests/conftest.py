@@ -6,17 +6,19 @@ modules never import from this file.
 from __future__ import annotations
 
 import os
-import random
 
-import numpy as np
-import pytest
-import torch
-from torch import nn
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch/numpy load their thread pools
 
-from lbyl_pl import PrunableUnit
-from lbyl_pl.units import BN_TYPES, UnitTensors
+import random  # noqa: E402
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from lbyl_pl import PrunableUnit  # noqa: E402
+from lbyl_pl.units import BN_TYPES, UnitTensors  # noqa: E402
+
 torch.set_num_threads(1)
 
 

@@ -74,12 +74,15 @@ def test_paper_variant_scale_formula_as_coded(one_unit_net):
 def test_bias_term_selects_partner_by_coded_formula(unit_tensors_factory, variant):
     # nm_lambda = 0: the score is the min-max normalised bias mismatch alone
     t = unit_tensors_factory(9, 12, seed=21)
+    # kept filters of very different norms: the per-unit-scale division changes the partner
+    t.weight[:6] *= torch.tensor([0.2, 0.5, 1.0, 2.0, 5.0, 10.0], dtype=torch.float64)[:, None]
     kept = [0, 1, 2, 3, 4, 5]
     S = merge_delivery(t, kept, threshold=0.0, nm_lambda=0.0, variant=variant)
     gamma, sigma, beta, mu = t.gamma, sigma_of(t, variant), t.beta, t.mean
     W = t.weight
+    differs = 0
     for p in (6, 7, 8):
-        B = []
+        B, raw = [], []
         for c in kept:
             r = W[p].norm() / W[c].norm()
             if variant == "paper":
@@ -89,9 +92,12 @@ def test_bias_term_selects_partner_by_coded_formula(unit_tensors_factory, varian
                 scale = r * (gamma[p] / gamma[c]) * (sigma[c] / sigma[p])
                 bias = (gamma[p] / sigma[p]) * (r * (mu[c] - sigma[c] * beta[c] / gamma[c]) - mu[p]) + beta[p]
             B.append((bias.abs() / scale).item())
+            raw.append(bias.abs().item())
         j = min(range(len(kept)), key=B.__getitem__)
         assert sorted(B)[1] - B[j] > 1e-9  # unique minimum
         assert torch.nonzero(S[p]).flatten().tolist() == [j]
+        differs += j != min(range(len(kept)), key=raw.__getitem__)
+    assert differs >= 1  # the example tells "mismatch per unit scale" from the raw mismatch
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -60,7 +60,10 @@ class MobileNetV2Prunable(MobileNetV2):
     the next layer that mixes channels. The first block (expand_ratio 1, whose first layer is the
     depthwise conv) is not pruned. Delivering across the depthwise conv, BN and ReLU6 is a naive
     adaptation: it is exact when a pruned channel's whole path (expansion filter and BN, depthwise
-    kernel and BN) duplicates a kept channel's, and approximate otherwise.
+    kernel and BN) duplicates a kept channel's, and approximate otherwise. NM then finds the duplicate
+    directly; LBYL finds it when the ridge solve identifies it: expansion convs have fewer weights per
+    filter than kept filters (d < m), so with tiny λ the solve returns the minimum-norm combination,
+    which is the duplicate only when it is orthogonal to the other kept filters (as in the test).
     """
 
     example_input_size = (1, 3, 224, 224)
