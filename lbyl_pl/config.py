@@ -8,16 +8,39 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
+import re
 from pathlib import Path
 
 import yaml
+
+from .atomic import write_text
 
 __all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_override", "save_config", "lookup_ratio"]
 
 
 class ConfigError(ValueError):
     """A bad configuration file, key or value (entry points exit with status 2)."""
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float (YAML 1.1 needs a dot: ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _parse_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
+def _yaml_error(err: yaml.YAMLError) -> str:
+    """A one-line description of a YAML syntax error (PyYAML's own spans several lines)."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
 DEFAULTS: dict = {
@@ -61,13 +84,25 @@ DEFAULTS: dict = {
 FREE_FORM = {("restore", "lambdas"), ("restore", "nm")}
 
 
+def _merge_free(base: dict, update: dict) -> None:
+    """Merge inside a free-form map: any key allowed, nested maps merged, other values replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge_free(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+
+
 def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
     if not isinstance(update, dict):
         raise ConfigError(f"config section {'.'.join(path) or '<root>'} must be a mapping, got {update!r}")
     for key, value in update.items():
         where = path + (key,)
-        if path in FREE_FORM or where in FREE_FORM:
-            base[key] = copy.deepcopy(value)
+        if where in FREE_FORM:
+            # merged, not replaced: restore.lambdas.random_1={...} must keep the other criteria's tables
+            if not isinstance(value, dict):
+                raise ConfigError(f"config section {'.'.join(where)} must be a mapping, got {value!r}")
+            _merge_free(base[key], value)
             continue
         if key not in base:
             allowed = ", ".join(sorted(base))
@@ -85,9 +120,9 @@ def apply_override(config: dict, override: str) -> None:
         raise ConfigError(f"override {override!r} must look like key.sub=value")
     key, _, raw = override.partition("=")
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = _parse_yaml(raw) if raw != "" else None
     except yaml.YAMLError as err:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({err})") from None
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({_yaml_error(err)})") from None
     update: dict = {}
     node = update
     parts = key.strip().split(".")
@@ -106,9 +141,9 @@ def load_config(files=(), overrides=()) -> dict:
         if not path.is_file():
             raise ConfigError(f"config file {path} not found")
         try:
-            content = yaml.safe_load(path.read_text()) or {}
+            content = _parse_yaml(path.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {path} is not valid YAML: {_yaml_error(err)}") from None
         _merge(config, content)
     for override in overrides:
         apply_override(config, override)
@@ -117,12 +152,7 @@ def load_config(files=(), overrides=()) -> dict:
 
 def save_config(config: dict, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML, atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def lookup_ratio(table: dict, criterion: str, ratio: float, what: str):

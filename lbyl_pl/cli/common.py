@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import write_text as write_text_atomic
 from ..checkpoints import find_checkpoint, load_weights
 from ..config import ConfigError, load_config, save_config
 from ..models import build_model
@@ -53,13 +54,6 @@ def prepare_output_dir(path: str | os.PathLike) -> Path:
     except OSError as err:
         raise UsageError(f"output directory {out} is not writable: {err.strerror or err}") from None
     return out
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_json(path: Path, obj) -> None:
@@ -110,6 +104,18 @@ def load_network(config: dict, required: bool = True) -> torch.nn.Module:
                              "or $LBYL_CHECKPOINTS) or 'random' for random weights")
         return net
     return load_weights(net, find_checkpoint(str(checkpoint), m["checkpoint_dir"]))
+
+
+def last_checkpoint(out: Path):
+    """A ``ModelCheckpoint`` writing ``<out>/checkpoints/last.ckpt`` at the end of *every* epoch: what
+    ``--resume`` continues from after an interruption.
+
+    Not ``ModelCheckpoint(save_last=True, save_top_k=0)``: recent Lightning (2.6) saves "last" only in a
+    step where another checkpoint was saved, so with ``save_top_k=0`` only when training ends.
+    """
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    return ModelCheckpoint(dirpath=str(out / "checkpoints"), filename="last", save_top_k=1,
+                           enable_version_counter=False)
 
 
 def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 
 from pytorch_lightning import seed_everything
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..callbacks import RestoreCallback
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
-from .common import build_trainer, load_network, make_parser, resolve_config, run, start_run, write_json
+from .common import (build_trainer, last_checkpoint, load_network, make_parser, resolve_config, run, start_run,
+                     write_json)
 from .restore import hyperparameters
 
 DEFAULT_EPOCHS = {"restored": 20, "scratch": 80}
@@ -21,7 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--init", choices=["restored", "scratch"], help="overrides finetune.init")
     parser.add_argument("--epochs", type=int, help="overrides finetune.epochs (default 20, or 80 from scratch)")
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
     if args.init:
         args.overrides.append(f"finetune.init={args.init}")
     if args.epochs is not None:
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     hp = hyperparameters(config, f["criterion"], float(f["ratio"]))
     restore = RestoreCallback(f["method"], f["criterion"], float(f["ratio"]), config["restore"]["variant"],
                               init=f["init"], seed=config["seed"], **hp)
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)
+    checkpoints = last_checkpoint(out)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     trainer = build_trainer(config, out, callbacks=[restore, checkpoints], max_epochs=epochs)
     if "spawn" in str(config["trainer"]["strategy"]):

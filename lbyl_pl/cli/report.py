@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="+", help="finetune.py run directories (or their parent)")
     parser.add_argument("--output-dir", required=True, help="where table.md/csv, curves.png, report.json go")
     parser.add_argument("--title", default="Fine-tuning after data-free restoration")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # run directories may follow options
     out = prepare_output_dir(args.output_dir)
     rows, curves = [], {}
     for run_dir in find_runs(args.runs):

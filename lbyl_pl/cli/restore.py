@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import time
 
+from pytorch_lightning import seed_everything
+
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
 from ..config import ConfigError, lookup_ratio
@@ -52,7 +54,8 @@ def format_markdown(config, original, rows) -> str:
         for ratio in config["restore"]["ratios"]:
             cells = {r["method"]: r for r in rows if r["criterion"] == criterion and r["ratio"] == ratio}
             any_row = next(iter(cells.values()))
-            nm = f"{any_row['threshold']} / {any_row['nm_lambda']}" if "merge" in cells else "–"
+            # the merge row holds NM's resolved threshold (the other methods' rows have none)
+            nm = f"{cells['merge']['threshold']:g} / {cells['merge']['nm_lambda']:g}" if "merge" in cells else "–"
             lines.append(f"| {ratio:.0%} | {any_row['lambda1']:g} | {any_row['lambda2']:g} | {nm} | "
                          + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
@@ -61,12 +64,20 @@ def format_markdown(config, original, rows) -> str:
 
 def main(argv=None) -> int:
     parser = make_parser("restore.py", __doc__)
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
     config = resolve_config(args)
     out = start_run(config)
     r = config["restore"]
-    if not r["methods"] or not r["criteria"] or not r["ratios"]:
-        raise ConfigError("restore.methods, restore.criteria and restore.ratios must be non-empty lists")
+    for key in ("methods", "criteria", "ratios"):
+        if not isinstance(r[key], list) or not r[key]:
+            raise ConfigError(f"restore.{key} must be a non-empty list (e.g. restore.ratios=[0.3,0.5]), "
+                              f"got {r[key]!r}")
+    for criterion in r["criteria"]:  # check every combination before the original network's evaluation
+        for ratio in r["ratios"]:
+            hp = hyperparameters(config, criterion, ratio)
+            for method in r["methods"]:
+                RestoreCallback(method, criterion, float(ratio), r["variant"], **hp)
+    seed_everything(config["seed"])  # model.checkpoint=random must give the same weights in every process
     net = load_network(config)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     started = time.time()

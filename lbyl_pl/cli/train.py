@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 from pytorch_lightning import seed_everything
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ..callbacks import reinitialize
 from ..checkpoints import read_checkpoint, save_restored
@@ -13,13 +12,13 @@ from ..datamodules import build_datamodule
 from ..models import build_model
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore, restore_from_spec
-from .common import build_trainer, make_parser, resolve_config, run, start_run, write_json
+from .common import build_trainer, last_checkpoint, make_parser, resolve_config, run, start_run, write_json
 
 
 def main(argv=None) -> int:
     parser = make_parser("train.py", __doc__)
     parser.add_argument("--resume", action="store_true", help="continue from <output_dir>/checkpoints/last.ckpt")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
     config = resolve_config(args)
     out = start_run(config)
     seed_everything(config["seed"], workers=True)
@@ -36,7 +35,7 @@ def main(argv=None) -> int:
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
     module.set_net(net)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
-    checkpoints = ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True, save_top_k=0)
+    checkpoints = last_checkpoint(out)
     trainer = build_trainer(config, out, callbacks=[checkpoints])
     last = out / "checkpoints" / "last.ckpt"
     started = time.time()
