@@ -70,6 +70,10 @@ DEFAULTS: dict = {
         "lambdas": {},        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]
         "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]
         "save_checkpoints": False,
+        # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
+        # data.eval_on=holdout, never the test set) and the best top-1 per criterion and ratio is kept.
+        # lambda1 x lambda2 for LBYL, threshold x nm_lambda for NM; empty lists: no search.
+        "grid": {"lambda1": [], "lambda2": [], "threshold": [], "nm_lambda": []},
     },
     "train": {"ratio": 0.0, "spec": None},  # train.py: width of a pruning ratio / spec checkpoint
     "finetune": {"method": "lbyl", "criterion": "l2-norm", "ratio": 0.5, "init": "restored", "epochs": None},

@@ -384,3 +384,30 @@ def test_finetune_bad_init_flag(tmp_path, capsys):
         finetune.cli(tiny_args(tmp_path / "run", "--init", "pretrained"))
     assert exit_info.value.code == 2
     assert "invalid choice: 'pretrained'" in capsys.readouterr().err
+
+
+def test_restore_hyperparameter_grid_selects_best_and_writes_reusable_config(tmp_path):
+    out = tmp_path / "grid"
+    rc = restore.cli(tiny_args(out, *LENET, "restore.ratios=[0.5]", "restore.methods=[lbyl, merge]",
+                               "restore.grid.lambda2=[0.001, 1.0, 1000.0]", "restore.grid.threshold=[0.0, 2.0]"))
+    assert rc == 0
+    with open(out / "grid.csv", newline="") as f:
+        tried = list(csv.DictReader(f))
+    assert len(tried) == 3 + 2  # every lambda2 for LBYL, every threshold for NM
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    for method, key in (("lbyl", "lambda2"), ("merge", "threshold")):
+        candidates = [t for t in tried if t["method"] == method]
+        best = max(float(t["acc1"]) for t in candidates)
+        assert rows[method]["acc1"] == pytest.approx(best)
+        first_best = next(t for t in candidates if float(t["acc1"]) == best)  # ties keep the first point
+        assert rows[method][key] == pytest.approx(float(first_best[key]))
+    selected = yaml.safe_load((out / "selected_hparams.yaml").read_text())
+    assert selected["restore"]["lambdas"]["l2-norm"][0.5][1] == pytest.approx(rows["lbyl"]["lambda2"])
+    # the selection is a config fragment: a second run with it reproduces the chosen rows without a grid
+    again = tmp_path / "again"
+    assert restore.cli(tiny_args(again, *LENET, "restore.ratios=[0.5]", "restore.methods=[lbyl, merge]")
+                       + ["--config", str(out / "selected_hparams.yaml")]) == 0
+    rows_again = {r["method"]: r for r in json.loads((again / "results.json").read_text())["rows"]}
+    assert rows_again["lbyl"]["acc1"] == rows["lbyl"]["acc1"]
+    assert rows_again["merge"]["acc1"] == rows["merge"]["acc1"]
+    assert not (again / "grid.csv").exists()

@@ -8,7 +8,7 @@ from pytorch_lightning import seed_everything
 
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
-from ..config import ConfigError, lookup_ratio
+from ..config import ConfigError, lookup_ratio, save_config
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore
@@ -31,6 +31,28 @@ def hyperparameters(config: dict, criterion: str, ratio: float) -> dict:
             "threshold": None if nm[0] is None else float(nm[0]), "nm_lambda": float(nm[1])}
 
 
+def grid_points(config: dict, method: str, hp: dict) -> list[dict]:
+    """The hyperparameter settings to try for ``method``: the configured one, or the search grid."""
+    g = config["restore"]["grid"]
+    names = {"lbyl": ("lambda1", "lambda2"), "merge": ("threshold", "nm_lambda")}.get(method)
+    if names is None or not (g[names[0]] or g[names[1]]):
+        return [hp]
+    first = g[names[0]] or [hp[names[0]]]
+    second = g[names[1]] or [hp[names[1]]]
+    return [dict(hp, **{names[0]: float(a), names[1]: float(b)}) for a in first for b in second]
+
+
+def selected_hparams(rows: list[dict]) -> dict:
+    """The chosen values as a config fragment (``--config`` it for the test-set run)."""
+    lambdas, nm = {}, {}
+    for row in rows:
+        if row["method"] == "lbyl":
+            lambdas.setdefault(row["criterion"], {})[row["ratio"]] = [row["lambda1"], row["lambda2"]]
+        elif row["method"] == "merge":
+            nm.setdefault(row["criterion"], {})[row["ratio"]] = [row["threshold"], row["nm_lambda"]]
+    return {"restore": {"lambdas": lambdas, "nm": nm}}
+
+
 def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
     m = config["model"]
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
@@ -47,19 +69,39 @@ def format_markdown(config, original, rows) -> str:
     lines = [f"# Data-free restoration: {m['arch']} on {d['name']} ({d['eval_split'] if d['eval_on'] == 'test' else 'holdout'})",
              "", f"Original network: top-1 {original['acc1']:.2f}, top-5 {original['acc5']:.2f}. "
              f"LBYL variant: {config['restore']['variant']}. Top-1 (%) without fine-tuning.", ""]
+    if any(config["restore"]["grid"].values()):
+        lines += ["Hyperparameters chosen by grid search on this evaluation set "
+                  f"({', '.join(f'{k}={v}' for k, v in config['restore']['grid'].items() if v)}).", ""]
     for criterion in config["restore"]["criteria"]:
         lines += [f"## {criterion}", "",
                   "| ratio | λ1 | λ2 | NM t / λ | " + " | ".join(METHOD_TITLES[x] for x in methods) + " |",
                   "|---" * (4 + len(methods)) + "|"]
         for ratio in config["restore"]["ratios"]:
             cells = {r["method"]: r for r in rows if r["criterion"] == criterion and r["ratio"] == ratio}
-            any_row = next(iter(cells.values()))
+            any_row = cells.get("lbyl", next(iter(cells.values())))
             # the merge row holds NM's resolved threshold (the other methods' rows have none)
             nm = f"{cells['merge']['threshold']:g} / {cells['merge']['nm_lambda']:g}" if "merge" in cells else "–"
             lines.append(f"| {ratio:.0%} | {any_row['lambda1']:g} | {any_row['lambda2']:g} | {nm} | "
                          + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
+    """Restore ``net`` (through RestoreCallback) and evaluate it: one row of the table."""
+    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio),
+                  variant=config["restore"]["variant"], **hp)
+    callback = RestoreCallback(**kwargs, seed=config["seed"])
+    result = evaluate_with_lightning(config, net, datamodule, out, callback)
+    report, restored = callback.report, result["net"]
+    if report is None:  # spawned processes did the work; recompute the report here (cheap)
+        restored, report = prune_and_restore(net, **kwargs)
+    resolved = dict(hp, threshold=report.hparams.get("threshold", hp["threshold"]))
+    row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": kwargs["variant"],
+           **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
+           "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
+           "coef_abs_min": report.coef_abs_min, "params": report.params_after, "flops": report.flops_after}
+    return row, restored
 
 
 def main(argv=None) -> int:
@@ -83,24 +125,18 @@ def main(argv=None) -> int:
     started = time.time()
     original = evaluate_with_lightning(config, net, datamodule, out)
     print(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}", flush=True)
-    rows = []
+    rows, tried = [], []
     for criterion in r["criteria"]:
         for ratio in r["ratios"]:
             hp = hyperparameters(config, criterion, ratio)
             for method in r["methods"]:
-                kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=r["variant"], **hp)
-                callback = RestoreCallback(**kwargs, seed=config["seed"])
-                result = evaluate_with_lightning(config, net, datamodule, out, callback)
-                report = callback.report
-                restored = result["net"]
-                if report is None:  # spawned processes did the work; recompute the report here (cheap)
-                    restored, report = prune_and_restore(net, **kwargs)
-                resolved = dict(hp, threshold=report.hparams.get("threshold", hp["threshold"]))
-                row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": r["variant"],
-                       **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
-                       "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
-                       "coef_abs_min": report.coef_abs_min, "params": report.params_after,
-                       "flops": report.flops_after}
+                best = None
+                for point in grid_points(config, method, hp):
+                    row, restored = evaluate_cell(config, net, datamodule, out, method, criterion, ratio, point)
+                    tried.append(row)
+                    if best is None or row["acc1"] > best[0]["acc1"]:  # ties keep the earlier point
+                        best = (row, restored)
+                row, restored = best
                 rows.append(row)
                 print(f"{criterion:>9} r={ratio:<5} {METHOD_TITLES[method]:>5}: top-1 {row['acc1']:.2f}  "
                       f"top-5 {row['acc5']:.2f}", flush=True)
@@ -111,6 +147,9 @@ def main(argv=None) -> int:
     print("\n" + table)
     write_text_atomic(out / "table.md", table + "\n")
     write_csv(out / "table.csv", rows)
+    if len(tried) > len(rows):
+        write_csv(out / "grid.csv", tried)
+        save_config(selected_hparams(rows), out / "selected_hparams.yaml")
     write_json(out / "results.json", {"original": {k: original[k] for k in ("acc1", "acc5")}, "rows": rows,
                                       "seconds": round(time.time() - started, 1), "config": config})
     return 0
