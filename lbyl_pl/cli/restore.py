@@ -84,6 +84,19 @@ def format_markdown(config, original, rows) -> str:
             lines.append(f"| {ratio:.0%} | {any_row['lambda1']:g} | {any_row['lambda2']:g} | {nm} | "
                          + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
+    compensating = [x for x in methods if x != "prune"]
+    if compensating:  # the paper's Table A9: how large the delivered coefficients are
+        lines += ["## |delivered coefficient| of the pruned filters (mean / max / min)", "",
+                  "| criterion | ratio | " + " | ".join(METHOD_TITLES[x] for x in compensating) + " |",
+                  "|---" * (2 + len(compensating)) + "|"]
+        for row in rows:
+            if row["method"] == compensating[0]:
+                cells = {r["method"]: r for r in rows
+                         if r["criterion"] == row["criterion"] and r["ratio"] == row["ratio"]}
+                lines.append(f"| {row['criterion']} | {row['ratio']:.0%} | " + " | ".join(
+                    f"{cells[x]['coef_abs_mean']:.5f} / {cells[x]['coef_abs_max']:.5f} / "
+                    f"{cells[x]['coef_abs_min']:.5f}" for x in compensating) + " |")
+        lines.append("")
     return "\n".join(lines)
 
 
