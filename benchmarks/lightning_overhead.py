@@ -58,6 +58,8 @@ import argparse
 import os
 import sys
 
+from bench_common import cpu_name, set_thread_env, write_json  # beside this script
+
 PRECISIONS = ("32-true", "bf16-mixed")
 PHASES = ("eval", "train")
 
@@ -116,21 +118,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
-    # Thread pools (OpenMP/MKL in torch, OpenBLAS in numpy) read these at import time; Lightning
-    # also leaves torch's thread count alone when OMP_NUM_THREADS is set.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    set_thread_env(ARGS.threads)
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
-import json  # noqa: E402
 import logging  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -414,30 +411,6 @@ def summarise(runs, expected_images):
         out[key]["images_per_s_loop"] = expected_images / out[key]["median_loop_s"]
         out[key]["images_per_s_total"] = expected_images / out[key]["median_total_s"]
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def write_json(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(args) -> int:

@@ -34,6 +34,8 @@ import argparse
 import os
 import sys
 
+from bench_common import cpu_name, set_thread_env, write_json  # beside this script
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -64,16 +66,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
-    # BLAS thread pools (OpenBLAS in numpy/scipy, OpenMP/MKL in torch) read these at import time.
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(ARGS.threads)
+    set_thread_env(ARGS.threads)
 
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy  # noqa: E402
@@ -230,30 +227,6 @@ def compare(reference, candidate, inputs):
         if rel >= worst_rel:
             worst_rel, worst_unit = rel, name
     return {"max_abs": worst_abs, "max_rel": worst_rel, "worst_unit": worst_unit, "per_unit": per_unit}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def write_json(path, payload):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def main(args) -> int:

@@ -1,0 +1,31 @@
+"""Helpers shared by the benchmark scripts (no torch import here: thread variables must be set first)."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def set_thread_env(threads: int) -> None:
+    """Thread pools (OpenMP/MKL in torch, OpenBLAS in numpy/scipy) read these at import time; Lightning
+    also leaves torch's thread count alone when OMP_NUM_THREADS is set."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def write_json(path, payload) -> None:
+    """Write ``payload`` as JSON atomically (temporary file, then rename)."""
+    from lbyl_pl.atomic import write_text
+
+    write_text(path, json.dumps(payload, indent=2) + "\n")
