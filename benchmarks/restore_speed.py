@@ -301,6 +301,11 @@ def main(args) -> int:
           f"{'MET' if goal_met else 'NOT MET'} (shared: {shared['speedup_vs_baseline']:.1f}x "
           f"[{'ok' if speedup_ok else 'short'}], {shared['median_s']:.3f} s "
           f"[{'ok' if seconds_ok else 'too slow'}]; {args.threads} thread(s))")
+    if "baseline_gram_per_filter" in rows:
+        literal = rows["baseline_gram_per_filter"]
+        print(f"against the literal reference loop (a'): shared is "
+              f"{literal['median_s'] / shared['median_s']:.1f}x faster (wall), "
+              f"{literal['median_cpu_s'] / shared['median_cpu_s']:.1f}x (CPU time)")
 
     if args.json:
         payload = {
