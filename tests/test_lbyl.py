@@ -385,3 +385,19 @@ def test_chained_units_use_original_weights(tiny_net, variant):
     for name in ("weight", "bias", "running_mean", "running_var"):
         assert torch.equal(getattr(restored.bn1, name), getattr(model.bn1, name)[k1])
         assert torch.equal(getattr(restored.bn2, name), getattr(model.bn2, name)[k2])
+
+
+@pytest.mark.parametrize("variant", ["paper", "exact"])
+def test_dead_bn_channels_fall_back_to_direct_solves_instead_of_failing(unit_tensors_factory, variant):
+    # ResNet-56's layer2.7.conv1 has BN channels with gamma ~ 2e-10 and var ~ 5e-18 (dead channels). A kept one
+    # makes h = sigma/gamma huge and the shared transform ill-conditioned; a pruned one makes g_p ~ 0. The
+    # systems G + g_p^2 M are still positive definite (d >= m): they must be solved, not rejected.
+    t = unit_tensors_factory(16, 40, seed=3)
+    t.gamma[[2, 11]] = 2e-10
+    t.var[[2, 11]] = 5e-18
+    kept = [0, 1, 2, 4, 5, 7, 8, 9, 12, 13, 15]  # channel 2 kept, channel 11 pruned
+    shared = lbyl_delivery(t, kept, lambda1=1e-6, lambda2=1e-3, variant=variant, solver="shared")
+    batched = lbyl_delivery(t, kept, lambda1=1e-6, lambda2=1e-3, variant=variant, solver="batched")
+    assert torch.isfinite(shared).all()
+    scale = batched.abs().max()
+    assert (shared - batched).abs().max() <= 1e-6 * scale

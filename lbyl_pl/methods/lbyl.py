@@ -88,15 +88,19 @@ def _shared_solve(G, M, rhs, g, what):
     L = L.clamp_min(0.0)  # G is PSD; negative eigenvalues are rounding noise
     denom = L[None, :] + (g * g)[:, None]
     rcond = denom.min(dim=1).values / denom.max(dim=1).values
-    if (rcond < RCOND_MIN).any():
-        raise SingularSystemError(
-            f"{what}: the LBYL system of {int((rcond < RCOND_MIN).sum())} pruned filter(s) is singular "
-            "(BN gamma of 0 removes both lambda terms); use a larger lambda or exclude this layer")
     if diagonal:
         Z = ((rhs * c_inv[None, :]) @ V) / denom
-        return (Z @ V.T) * c_inv[None, :]
-    Z = (rhs @ C_inv.T @ V) / denom
-    return Z @ V.T @ C_inv
+        s = (Z @ V.T) * c_inv[None, :]
+    else:
+        Z = (rhs @ C_inv.T @ V) / denom
+        s = Z @ V.T @ C_inv
+    # A badly scaled M (e.g. a kept channel with gamma near 0 makes h = sigma/gamma huge) can make the
+    # shared transform ill-conditioned although G + g_p^2 M itself is fine: solve those filters directly.
+    # A system that is really singular still fails there, with a clear error.
+    poor = rcond < RCOND_MIN
+    if poor.any():
+        s[poor] = _batched_solve(G, M, rhs[poor], g[poor], what)
+    return s
 
 
 def _batched_solve(G, M, rhs, g, what):
