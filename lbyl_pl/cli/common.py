@@ -118,8 +118,7 @@ def last_checkpoint(out: Path):
                            enable_version_counter=False)
 
 
-def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True,
-                  progress: bool | None = None):
+def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True):
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
@@ -131,7 +130,7 @@ def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | No
         precision=t["precision"], max_epochs=max_epochs if max_epochs is not None else t["max_epochs"],
         deterministic=t["deterministic"], limit_train_batches=t["limit_train_batches"],
         limit_val_batches=t["limit_val_batches"], log_every_n_steps=t["log_every_n_steps"],
-        enable_progress_bar=t["enable_progress_bar"] if progress is None else progress,
+        enable_progress_bar=t["enable_progress_bar"],
         # our DataModules shard themselves: training padded, evaluation exact (no duplicated samples)
         use_distributed_sampler=False, num_sanity_val_steps=0, enable_model_summary=False,
         # no_grad instead of inference_mode: tensors made while validating before fit (restored
