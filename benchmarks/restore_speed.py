@@ -2,7 +2,7 @@
 
 Command line (from the repository root)::
 
-    LBYL_CHECKPOINTS=/work/shared/checkpoints python benchmarks/restore_speed.py \
+    LBYL_CHECKPOINTS=../shared/checkpoints python benchmarks/restore_speed.py \
         [--variant paper|exact] [--threads 2] [--repeats 5] [--checkpoint PATH] [--json out.json]
 
 Setting: VGG16-BN (``lbyl_pl.build_model("vgg16_bn")``), all 13 conv units pruned at ratio 0.5 with
