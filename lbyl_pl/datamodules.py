@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from .config import DEFAULTS
 from .data import NORMALIZATION, ArrayImageDataset, data_dir, load_cifar10_npz, load_fashion_mnist
 
 __all__ = ["ImageDataModule", "build_datamodule", "DATASETS", "EpochSampler", "EvalShardSampler"]
@@ -170,7 +171,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.holdout, self.holdout_seed, self.train_subset = int(holdout), int(holdout_seed), int(train_subset)
         self.download, self.augment = download, augment
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.synthetic = dict(DATASETS_SYNTHETIC_DEFAULT, **(synthetic or {}))
+        self.synthetic = dict(DEFAULTS["data"]["synthetic"], **(synthetic or {}))
         self.seed = seed
         self.train_set = self.eval_set = self.holdout_set = None
 
@@ -242,10 +243,6 @@ class ImageDataModule(pl.LightningDataModule):
                           num_workers=self.num_workers)
 
     test_dataloader = val_dataloader
-
-
-DATASETS_SYNTHETIC_DEFAULT = {"num_train": 64, "num_eval": 48, "image_size": 32, "channels": 3,
-                              "num_classes": 10}
 
 
 def build_datamodule(data_cfg: dict, seed: int = 0) -> ImageDataModule:
