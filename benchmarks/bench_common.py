@@ -29,3 +29,17 @@ def write_json(path, payload) -> None:
     from lbyl_pl.atomic import write_text
 
     write_text(path, json.dumps(payload, indent=2) + "\n")
+
+
+def randomize_bn(model) -> None:
+    """Give every BatchNorm non-trivial statistics (seeded by the caller), so restoration solves on random
+    weights are well posed."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+                module.running_mean.normal_(0.0, 0.5)
+                module.running_var.uniform_(0.5, 2.0)

@@ -58,7 +58,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("32-true", "bf16-mixed")
 PHASES = ("eval", "train")
@@ -161,13 +161,7 @@ def load_network(args) -> tuple[torch.nn.Module, str, dict]:
     else:
         torch.manual_seed(args.seed)
         model = lbyl_pl.build_model(ARCH)
-        with torch.no_grad():
-            for module in model.modules():
-                if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                    module.weight.uniform_(0.5, 1.5)
-                    module.bias.normal_(0.0, 0.1)
-                    module.running_mean.normal_(0.0, 0.5)
-                    module.running_var.uniform_(0.5, 2.0)
+        randomize_bn(model)
         text = f"RANDOM weights (seed {args.seed}, randomised BN running stats)"
         info = {"kind": "random", "seed": args.seed}
     flops_full = count_flops(model)

@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -130,13 +130,7 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
             {"kind": "checkpoint", "path": str(found), "sha256_verified": verified}
     torch.manual_seed(args.seed)
     model = lbyl_pl.build_model(ARCH)
-    with torch.no_grad():  # non-trivial BN statistics, so the restoration solves are well posed
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_bn(model)
     return model.eval(), f"RANDOM weights (seed {args.seed}, randomised BN running stats)", \
         {"kind": "random", "seed": args.seed}
 

@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -109,13 +109,7 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
         return model.eval(), text, {"kind": "checkpoint", "path": str(found), "sha256_verified": verified}
     torch.manual_seed(args.seed)
     model = lbyl_pl.build_model("vgg16_bn")  # conv/linear weights from the seeded default init
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-                module.weight.uniform_(0.5, 1.5)
-                module.bias.normal_(0.0, 0.1)
-                module.running_mean.normal_(0.0, 0.5)
-                module.running_var.uniform_(0.5, 2.0)
+    randomize_bn(model)
     return model.eval(), (f"RANDOM weights (seed {args.seed}, randomised BN running stats; no checkpoint "
                           f"found at $LBYL_CHECKPOINTS/{CHECKPOINT_NAME})"), \
         {"kind": "random", "seed": args.seed}
