@@ -1,10 +1,29 @@
 """Helpers shared by the benchmark scripts (no torch import here: thread variables must be set first)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
 from pathlib import Path
+
+
+def make_parser(doc: str, *, device: bool = True, checkpoint_help: str, seed_help: str,
+                threads_help: str = "CPU threads for torch and numpy/scipy BLAS (OMP/MKL/OPENBLAS_NUM_THREADS "
+                                    "set before they are imported)") -> argparse.ArgumentParser:
+    """The options every benchmark takes (--device, --threads, --checkpoint, --seed, --json); each script
+    adds its own."""
+    parser = argparse.ArgumentParser(
+        description=doc.split("\n\n")[0],
+        epilog="See the module docstring (top of this file) for what is timed.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if device:
+        parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
+    parser.add_argument("--threads", type=int, default=2, help=threads_help)
+    parser.add_argument("--checkpoint", default=None, help=checkpoint_help)
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    return parser
 
 
 def set_thread_env(threads: int) -> None:

@@ -58,20 +58,15 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("32-true", "bf16-mixed")
 PHASES = ("eval", "train")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (top of this file) for what is timed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="CPU threads for torch (OMP/MKL/OPENBLAS_NUM_THREADS set before import)")
+    parser = make_parser(__doc__, checkpoint_help="VGG16-BN weights (before pruning); default: seeded random weights",
+                         seed_help="seed for random weights and synthetic data")
     parser.add_argument("--ratio", type=float, default=0.5,
                         help="LBYL pruning ratio (l2-norm criterion); 0 = the full, unpruned network")
     parser.add_argument("--precision", choices=PRECISIONS, default="32-true",
@@ -93,12 +88,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pin-memory", action="store_true", help="DataLoader pin_memory (CUDA only)")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark in both loops (Trainer(benchmark=True)); CUDA only")
-    parser.add_argument("--checkpoint", default=None,
-                        help="VGG16-BN weights (before pruning); default: seeded random weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and synthetic data")
     parser.add_argument("--goal", type=float, default=0.95,
                         help="required Lightning/plain images/s ratio (loop time)")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.train_batches is None:
         args.train_batches = args.batches

@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -51,13 +51,8 @@ def _list(text: str, kind, name: str, parser):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (top of this file) for what is timed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where to run")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="CPU threads for torch (OMP/MKL/OPENBLAS_NUM_THREADS set before import)")
+    parser = make_parser(__doc__, checkpoint_help="VGG16-BN weights; default: seeded random weights",
+                         seed_help="seed for random weights and the input")
     parser.add_argument("--ratios", default="0.1,0.2,0.3,0.4,0.5", help="comma-separated pruning ratios")
     parser.add_argument("--batch-sizes", default="1,64", help="comma-separated batch sizes")
     parser.add_argument("--precisions", default="fp32",
@@ -70,14 +65,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="seconds one sample of the unpruned network should last (sets iters)")
     parser.add_argument("--iters", type=int, default=None,
                         help="forward passes per sample (overrides --min-time)")
-    parser.add_argument("--checkpoint", default=None,
-                        help="VGG16-BN weights; default: seeded random weights")
     parser.add_argument("--cudnn-benchmark", action="store_true",
                         help="torch.backends.cudnn.benchmark (autotuned during the warm-up); CUDA only")
-    parser.add_argument("--seed", type=int, default=0, help="seed for random weights and the input")
     parser.add_argument("--goal", type=float, default=0.8,
                         help="required measured speedup / FLOP speedup")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.ratios = _list(args.ratios, float, "--ratios", parser)
     args.batch_sizes = _list(args.batch_sizes, int, "--batch-sizes", parser)

@@ -34,22 +34,16 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
-        epilog="See the module docstring (top of this file) for what is timed.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = make_parser(__doc__, device=False,
+                         checkpoint_help="VGG16-BN weights; default $LBYL_CHECKPOINTS/vgg16_cifar10.pth if present",
+                         seed_help="seed for the random-weights fallback")
     parser.add_argument("--variant", choices=("paper", "exact"), default="paper",
                         help="LBYL variant: code-faithful 'paper' or the exact BN algebra")
-    parser.add_argument("--threads", type=int, default=2,
-                        help="threads for torch and numpy/scipy BLAS (set before they are imported)")
     parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per method")
-    parser.add_argument("--checkpoint", default=None,
-                        help="VGG16-BN weights; default $LBYL_CHECKPOINTS/vgg16_cifar10.pth if present")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the random-weights fallback")
     parser.add_argument("--ratio", type=float, default=0.5, help="pruning ratio")
     parser.add_argument("--lambda1", type=float, default=4e-5, help="LBYL lambda1 (BN-shift term)")
     parser.add_argument("--lambda2", type=float, default=2e-4, help="LBYL lambda2 (ridge on K∘s)")
@@ -57,7 +51,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--gram-per-filter", action="store_true",
                         help="also time the literal reference loop that recomputes Xᵀ X for every "
                              "pruned filter (slow: tens of seconds; timed once)")
-    parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be >= 1")
