@@ -13,6 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .methods import METHODS
 from .methods.common import check_nonnegative, check_variant
+from .methods.lbyl import SOLVERS as LBYL_SOLVERS
 from .restoration import prune_and_restore
 from .selection import check_criterion, check_ratio
 
@@ -36,7 +37,7 @@ class RestoreCallback(Callback):
     def __init__(self, method: str = "lbyl", criterion: str = "l2-norm", ratio: float = 0.5,
                  variant: str = "paper", lambda1: float = 1e-6, lambda2: float = 1e-2,
                  threshold: float | None = None, nm_lambda: float = 0.85, init: str = "restored",
-                 seed: int = 0):
+                 seed: int = 0, solver: str = "shared"):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
         if init not in INITS:
@@ -48,8 +49,12 @@ class RestoreCallback(Callback):
         check_nonnegative("lambda2", lambda2)
         if threshold is not None:
             check_nonnegative("threshold", threshold)
+        if solver not in LBYL_SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(LBYL_SOLVERS)}")
         self.kwargs = dict(method=method, criterion=criterion, ratio=ratio, variant=variant, lambda1=lambda1,
                            lambda2=lambda2, threshold=threshold, nm_lambda=nm_lambda)
+        if method == "lbyl":  # the solver only exists for LBYL
+            self.kwargs["solver"] = solver
         self.init, self.seed = init, seed
         self.report = None
         self.spec = None

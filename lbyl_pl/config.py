@@ -67,6 +67,7 @@ DEFAULTS: dict = {
         "criteria": ["l2-norm"],
         "ratios": [0.5],
         "variant": "paper",
+        "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
         "lambdas": {},        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]
         "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]
         "save_checkpoints": False,

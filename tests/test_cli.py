@@ -358,6 +358,7 @@ def test_report_without_runs(tmp_path, capsys):
     ("restore.methods=[]", ("restore.methods must be a non-empty list", "got []")),
     ("restore.ratios=0.5", ("restore.ratios must be a non-empty list", "got 0.5")),
     ("restore.methods=lbyl", ("restore.methods must be a non-empty list", "got 'lbyl'")),
+    ("restore.solver=lu", ("unknown solver 'lu'", "allowed: shared, batched, reference")),
 ])
 def test_bad_restore_grid_fails_before_any_evaluation(tmp_path, capsys, override, needles):
     out = tmp_path / "run"
@@ -371,6 +372,7 @@ def test_bad_restore_grid_fails_before_any_evaluation(tmp_path, capsys, override
     ("finetune.method=ours", ("unknown method 'ours'",)),
     ("finetune.init=pretrained", ("finetune.init must be one of restored, scratch", "'pretrained'")),
     ("optim.schedule=linear", ("unknown schedule 'linear'",)),
+    ("restore.solver=float16", ("unknown solver 'float16'", "allowed: shared, batched, reference")),
 ])
 def test_bad_finetune_settings(tmp_path, capsys, override, needles):
     out = tmp_path / "run"

@@ -39,7 +39,7 @@ def main(argv=None) -> int:
     module.set_net(net)
     hp = hyperparameters(config, f["criterion"], float(f["ratio"]))
     restore = RestoreCallback(f["method"], f["criterion"], float(f["ratio"]), config["restore"]["variant"],
-                              init=f["init"], seed=config["seed"], **hp)
+                              init=f["init"], seed=config["seed"], solver=config["restore"]["solver"], **hp)
     checkpoints = last_checkpoint(out)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     trainer = build_trainer(config, out, callbacks=[restore, checkpoints], max_epochs=epochs)

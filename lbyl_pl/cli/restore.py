@@ -66,9 +66,10 @@ def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict
 def format_markdown(config, original, rows) -> str:
     methods = config["restore"]["methods"]
     m, d = config["model"], config["data"]
+    solver_note = " (float32 reference-precision solves)" if config["restore"]["solver"] == "reference" else ""
     lines = [f"# Data-free restoration: {m['arch']} on {d['name']} ({d['eval_split'] if d['eval_on'] == 'test' else 'holdout'})",
              "", f"Original network: top-1 {original['acc1']:.2f}, top-5 {original['acc5']:.2f}. "
-             f"LBYL variant: {config['restore']['variant']}. Top-1 (%) without fine-tuning.", ""]
+             f"LBYL variant: {config['restore']['variant']}{solver_note}. Top-1 (%) without fine-tuning.", ""]
     if any(config["restore"]["grid"].values()):
         lines += ["Hyperparameters chosen by grid search on this evaluation set "
                   f"({', '.join(f'{k}={v}' for k, v in config['restore']['grid'].items() if v)}).", ""]
@@ -103,7 +104,7 @@ def format_markdown(config, original, rows) -> str:
 def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
     """Restore ``net`` (through RestoreCallback) and evaluate it: one row of the table."""
     kwargs = dict(method=method, criterion=criterion, ratio=float(ratio),
-                  variant=config["restore"]["variant"], **hp)
+                  variant=config["restore"]["variant"], solver=config["restore"]["solver"], **hp)
     callback = RestoreCallback(**kwargs, seed=config["seed"])
     result = evaluate_with_lightning(config, net, datamodule, out, callback)
     report, restored = callback.report, result["net"]
@@ -131,7 +132,7 @@ def main(argv=None) -> int:
         for ratio in r["ratios"]:
             hp = hyperparameters(config, criterion, ratio)
             for method in r["methods"]:
-                RestoreCallback(method, criterion, float(ratio), r["variant"], **hp)
+                RestoreCallback(method, criterion, float(ratio), r["variant"], solver=r["solver"], **hp)
     seed_everything(config["seed"])  # model.checkpoint=random must give the same weights in every process
     net = load_network(config)
     datamodule = build_datamodule(config["data"], seed=config["seed"])

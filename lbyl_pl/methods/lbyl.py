@@ -16,8 +16,17 @@ which is a handful of matrix products for the whole layer instead of one Cholesk
 Fully-connected units (LeNet, no BN) use the reference's ``Ridge(alpha=lambda2, fit_intercept=True)``
 (§5.5, §12.7): the ``[w, b]`` coordinates are centred across the kept neurons and every pruned row
 solves the same system ``(Xc^T Xc + lambda2 I) s = Xc^T yc``; lambda1 is unused.
+
+Solvers: ``shared`` (default, float64, the factorisation above), ``batched`` (float64, one Cholesky per
+materialised system) and ``reference``: the reference's precision (§5.2), every system built in float32
+from float32 copies of the weights and solved on its own by LAPACK ``sposv`` through
+``scipy.linalg.solve(assume_a='pos')``. It agrees with the float64 solvers to float32 accuracy and shows
+what the reference's rounding does (notably at VGG conv1, where d < m); it is not bit-identical to the
+reference, whose order of operations is not reproduced.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 
@@ -25,7 +34,7 @@ from ..surgery import selection_matrix
 from ..units import UnitTensors
 from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
 
-SOLVERS = ("shared", "batched")
+SOLVERS = ("shared", "batched", "reference")
 
 # Below this reciprocal condition number a system is treated as singular.
 RCOND_MIN = 1e-14
@@ -108,6 +117,34 @@ def _batched_solve(G, M, rhs, g, what):
     return _solve_spd(A, rhs[..., None], what)[..., 0]
 
 
+def _float32_copy(t: UnitTensors) -> UnitTensors:
+    return dataclasses.replace(t, **{f.name: getattr(t, f.name).to(torch.float32)
+                                     for f in dataclasses.fields(t) if isinstance(getattr(t, f.name), torch.Tensor)})
+
+
+def _sposv(A, b, what: str):
+    """One float32 SPD solve by LAPACK ``sposv`` (as the reference), with this package's error."""
+    import numpy as np
+    import scipy.linalg
+
+    try:
+        return scipy.linalg.solve(np.asarray(A, dtype=np.float32), np.asarray(b, dtype=np.float32),
+                                  assume_a="pos")
+    except np.linalg.LinAlgError as err:
+        raise SingularSystemError(
+            f"{what}: the LBYL system is not positive definite in float32 (solver='reference'): {err}; "
+            "use lambda2 > 0 or a float64 solver (shared, batched)") from None
+
+
+def _reference_solve(G, M, rhs, g, what):
+    """float32 systems ``G + g_p^2 M`` solved one by one (``G``, ``M``, ``rhs`` and ``g`` are float32)."""
+    import numpy as np
+
+    G, M, rhs, g = (x.numpy() for x in (G, M, rhs, g))
+    s = np.stack([_sposv(G + g[i] * g[i] * M, rhs[i], what) for i in range(rhs.shape[0])])
+    return torch.from_numpy(s).to(torch.float64)
+
+
 def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: float,
                   variant: str = "paper", solver: str = "shared", name: str = "unit") -> torch.Tensor:
     """Delivery matrix ``S`` (n x m, float64) of LBYL for one unit."""
@@ -120,10 +157,15 @@ def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: f
     S = selection_matrix(n, kept)
     if len(kept) == n:
         return S
+    if solver == "reference":
+        t = _float32_copy(t)
     if not t.has_bn:
-        return _fc_ridge_delivery(t, kept, lambda2, S, name)
+        return _fc_ridge_delivery(t, kept, lambda2, S, name, solver)
     G, M, rhs, g, K, P = lbyl_system(t, kept, lambda1, lambda2, variant)
-    if not M.abs().any():
+    if solver == "reference":
+        s = _reference_solve(G, M, rhs, g, name)
+        K = K.to(torch.float64)
+    elif not M.abs().any():
         # No regulariser: every system is G itself, one solve for the layer.
         s = _solve_spd(G, rhs.T, name).T
     elif solver == "shared":
@@ -137,8 +179,9 @@ def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: f
 
 
 def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch.Tensor,
-                       name: str) -> torch.Tensor:
-    """LeNet: ``sklearn.linear_model.Ridge(alpha=lambda2, fit_intercept=True)`` per pruned row."""
+                       name: str, solver: str) -> torch.Tensor:
+    """LeNet: ``sklearn.linear_model.Ridge(alpha=lambda2, fit_intercept=True)`` per pruned row (in the
+    tensors' dtype: float32 for the ``reference`` solver, as sklearn keeps float32 inputs)."""
     W = t.weight
     P = pruned_indices(W.shape[0], kept)
     X = W[torch.as_tensor(kept, dtype=torch.long)].T  # (D, m): samples are the D coordinates
@@ -146,5 +189,8 @@ def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch
     Xc = X - X.mean(dim=0, keepdim=True)
     Yc = Y - Y.mean(dim=0, keepdim=True)
     A = Xc.T @ Xc + lambda2 * torch.eye(X.shape[1], dtype=X.dtype)
-    S[P] = _solve_spd(A, Xc.T @ Yc, name).T  # the fitted intercept is discarded, as in the reference
+    if solver == "reference":
+        S[P] = torch.from_numpy(_sposv(A, Xc.T @ Yc, name)).T.to(torch.float64)
+    else:
+        S[P] = _solve_spd(A, Xc.T @ Yc, name).T  # the fitted intercept is discarded, as in the reference
     return S
