@@ -118,8 +118,9 @@ def _batched_solve(G, M, rhs, g, what):
 
 
 def _float32_copy(t: UnitTensors) -> UnitTensors:
-    return dataclasses.replace(t, **{f.name: getattr(t, f.name).to(torch.float32)
-                                     for f in dataclasses.fields(t) if isinstance(getattr(t, f.name), torch.Tensor)})
+    tensors = {f.name: getattr(t, f.name) for f in dataclasses.fields(t)}
+    return dataclasses.replace(t, **{name: value.to(torch.float32) for name, value in tensors.items()
+                                     if isinstance(value, torch.Tensor)})
 
 
 def _sposv(A, b, what: str):
@@ -189,8 +190,9 @@ def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch
     Xc = X - X.mean(dim=0, keepdim=True)
     Yc = Y - Y.mean(dim=0, keepdim=True)
     A = Xc.T @ Xc + lambda2 * torch.eye(X.shape[1], dtype=X.dtype)
+    # the fitted intercept is discarded, as in the reference
     if solver == "reference":
         S[P] = torch.from_numpy(_sposv(A, Xc.T @ Yc, name)).T.to(torch.float64)
     else:
-        S[P] = _solve_spd(A, Xc.T @ Yc, name).T  # the fitted intercept is discarded, as in the reference
+        S[P] = _solve_spd(A, Xc.T @ Yc, name).T
     return S
