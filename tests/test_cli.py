@@ -169,7 +169,7 @@ def test_report_over_two_runs(finetune_runs, tmp_path, capsys):
     rc = report.cli([str(finetune_runs["lbyl"]), str(finetune_runs["scratch"]), "--output-dir", str(out),
                      "--title", "tiny"])
     assert rc == 0
-    for name in ("table.md", "table.csv", "report.json", "curves.png"):
+    for name in ("table.md", "table.csv", "report.json", "curves.png", "curves.csv"):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
     data = json.loads((out / "report.json").read_text())
@@ -187,6 +187,18 @@ def test_report_over_two_runs(finetune_runs, tmp_path, capsys):
     markdown = (out / "table.md").read_text()
     assert markdown.startswith("# tiny") and "| LBYL | 50% | l2-norm | 2 |" in markdown
     assert "| Scratch | 50% | l2-norm | 3 |" in markdown
+    # the curves as text: one row per epoch, a blank (CSV) or a dash (Markdown) where a run has stopped
+    with open(out / "curves.csv", newline="") as f:
+        per_epoch = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in per_epoch] == [0, 1, 2, 3]
+    for label, run in (("LBYL", "lbyl"), ("Scratch", "scratch")):
+        curve = read_curve(finetune_runs[run])
+        for r in per_epoch:
+            e = int(r["epoch"])
+            assert r[label] == ("" if e not in curve else str(round(curve[e], 2)))
+    assert per_epoch[3]["LBYL"] == ""
+    last = round(read_curve(finetune_runs["scratch"])[3], 2)
+    assert f"| 3 | – | {last:.2f} |" in markdown
     # a parent directory of runs is searched one level down
     again = tmp_path / "again"
     assert report.cli([str(finetune_runs["lbyl"].parent), "--output-dir", str(again)]) == 0

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="finetune.py run directories (or their parent)")
-    parser.add_argument("--output-dir", required=True, help="where table.md/csv, curves.png, report.json go")
+    parser.add_argument("--output-dir", required=True, help="where table.md/csv, curves.csv/png, report.json go")
     parser.add_argument("--title", default="Fine-tuning after data-free restoration")
     args = parser.parse_intermixed_args(argv)  # run directories may follow options
     out = prepare_output_dir(args.output_dir)
@@ -77,14 +77,29 @@ def main(argv=None) -> int:
     for r in rows:
         lines.append(f"| {r['label']} | {r['ratio']:.0%} | {r['criterion']} | {r['epochs']} | "
                      f"{r['before']:.2f} → {r['after']:.2f} | {r['best']:.2f} |")
+    per_epoch = curve_rows(curves, [r["label"] for r in rows])
+    lines += ["", "## Top-1 (%) per epoch (epoch 0 = before any training step)", "",
+              "| epoch | " + " | ".join(r["label"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+    for row in per_epoch:
+        lines.append(f"| {row['epoch']} | " + " | ".join(
+            "–" if row[r["label"]] == "" else f"{row[r['label']]:.2f}" for r in rows) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     write_text_atomic(out / "table.md", table)
     write_csv(out / "table.csv", rows)
+    write_csv(out / "curves.csv", per_epoch)
     write_json(out / "report.json", {"rows": rows, "curves": {k: {str(e): v for e, v in c.items()}
                                                               for k, c in curves.items()}})
     plot_curves(curves, out / "curves.png", args.title)
     return 0
+
+
+def curve_rows(curves: dict, labels: list[str]) -> list[dict]:
+    """One row per epoch, one column per run (``""`` where a run has no value for that epoch)."""
+    by_label = dict(zip(labels, curves.values()))
+    epochs = sorted({e for curve in curves.values() for e in curve})
+    return [{"epoch": e, **{label: round(c[e], 2) if e in c else "" for label, c in by_label.items()}}
+            for e in epochs]
 
 
 def plot_curves(curves: dict, path: Path, title: str) -> None:
