@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import platform
+import time
 from pathlib import Path
 
 
@@ -24,6 +25,20 @@ def make_parser(doc: str, *, device: bool = True, checkpoint_help: str, seed_hel
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
     parser.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
     return parser
+
+
+class Clock:
+    """``time.perf_counter`` that first waits for queued CUDA work, so GPU timings are not just launch times."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def __call__(self) -> float:
+        if self.cuda:
+            import torch  # imported here: the scripts set the thread variables before torch loads
+
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
 
 def set_thread_env(threads: int) -> None:

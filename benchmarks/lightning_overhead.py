@@ -58,7 +58,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import Clock, cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("32-true", "bf16-mixed")
 PHASES = ("eval", "train")
@@ -117,7 +117,6 @@ import logging  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
-import time  # noqa: E402
 import warnings  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
@@ -207,16 +206,6 @@ def plain_optimizer(net):
 
 
 # ------------------------------------------------------------------------------------ clocks
-
-
-class Clock:
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-
-    def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 class LoopTimer(pl.Callback):

@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import Clock, cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -101,7 +101,6 @@ import copy  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -135,16 +134,6 @@ def build_networks(args) -> tuple[list[dict], str, dict]:
         nets.append({"ratio": ratio, "model": restored.eval(), "flops": report.flops_after,
                      "params": report.params_after})
     return nets, text, info
-
-
-class Clock:
-    def __init__(self, device: str):
-        self.cuda = device == "cuda"
-
-    def __call__(self) -> float:
-        if self.cuda:
-            torch.cuda.synchronize()
-        return time.perf_counter()
 
 
 def measure_config(args, nets, batch_size, precision, memory_format, clock):

@@ -13,7 +13,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .methods import METHODS
 from .methods.common import check_nonnegative, check_variant
-from .methods.lbyl import SOLVERS as LBYL_SOLVERS
+from .methods.lbyl import check_solver
 from .restoration import prune_and_restore
 from .selection import check_criterion, check_ratio
 
@@ -49,8 +49,7 @@ class RestoreCallback(Callback):
         check_nonnegative("lambda2", lambda2)
         if threshold is not None:
             check_nonnegative("threshold", threshold)
-        if solver not in LBYL_SOLVERS:
-            raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(LBYL_SOLVERS)}")
+        check_solver(solver)
         self.kwargs = dict(method=method, criterion=criterion, ratio=ratio, variant=variant, lambda1=lambda1,
                            lambda2=lambda2, threshold=threshold, nm_lambda=nm_lambda)
         if method == "lbyl":  # the solver only exists for LBYL

@@ -44,6 +44,11 @@ class SingularSystemError(ValueError):
     pass
 
 
+def check_solver(solver: str) -> None:
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
+
+
 def _solve_spd(A: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
     """Cholesky solve of SPD ``A`` (batched or not) with a clear error when it is singular."""
     L, info = torch.linalg.cholesky_ex(A)
@@ -152,8 +157,7 @@ def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: f
     check_variant(variant)
     lambda1 = check_nonnegative("lambda1", lambda1)
     lambda2 = check_nonnegative("lambda2", lambda2)
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
+    check_solver(solver)
     n = t.weight.shape[0]
     S = selection_matrix(n, kept)
     if len(kept) == n:
