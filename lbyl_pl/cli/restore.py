@@ -73,12 +73,15 @@ def format_markdown(config, original, rows) -> str:
     if any(config["restore"]["grid"].values()):
         lines += ["Hyperparameters chosen by grid search on this evaluation set "
                   f"({', '.join(f'{k}={v}' for k, v in config['restore']['grid'].items() if v)}).", ""]
+    by_cell = {}  # (criterion, ratio) -> {method: row}
+    for r in rows:
+        by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"]] = r
     for criterion in config["restore"]["criteria"]:
         lines += [f"## {criterion}", "",
                   "| ratio | λ1 | λ2 | NM t / λ | " + " | ".join(METHOD_TITLES[x] for x in methods) + " |",
                   "|---" * (4 + len(methods)) + "|"]
         for ratio in config["restore"]["ratios"]:
-            cells = {r["method"]: r for r in rows if r["criterion"] == criterion and r["ratio"] == ratio}
+            cells = by_cell[criterion, float(ratio)]
             any_row = cells.get("lbyl", next(iter(cells.values())))
             # the merge row holds NM's resolved threshold (the other methods' rows have none)
             nm = f"{cells['merge']['threshold']:g} / {cells['merge']['nm_lambda']:g}" if "merge" in cells else "–"
@@ -90,13 +93,10 @@ def format_markdown(config, original, rows) -> str:
         lines += ["## |delivered coefficient| of the pruned filters (mean / max / min)", "",
                   "| criterion | ratio | " + " | ".join(METHOD_TITLES[x] for x in compensating) + " |",
                   "|---" * (2 + len(compensating)) + "|"]
-        for row in rows:
-            if row["method"] == compensating[0]:
-                cells = {r["method"]: r for r in rows
-                         if r["criterion"] == row["criterion"] and r["ratio"] == row["ratio"]}
-                lines.append(f"| {row['criterion']} | {row['ratio']:.0%} | " + " | ".join(
-                    f"{cells[x]['coef_abs_mean']:.5f} / {cells[x]['coef_abs_max']:.5f} / "
-                    f"{cells[x]['coef_abs_min']:.5f}" for x in compensating) + " |")
+        for (criterion, ratio), cells in by_cell.items():
+            lines.append(f"| {criterion} | {ratio:.0%} | " + " | ".join(
+                f"{cells[x]['coef_abs_mean']:.5f} / {cells[x]['coef_abs_max']:.5f} / "
+                f"{cells[x]['coef_abs_min']:.5f}" for x in compensating) + " |")
         lines.append("")
     return "\n".join(lines)
 
