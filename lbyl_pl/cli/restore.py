@@ -18,6 +18,9 @@ from .common import (build_trainer, load_network, make_parser, resolve_config, r
 METHOD_TITLES = {"lbyl": "LBYL", "merge": "NM", "prune": "prune"}
 DEFAULT_LAMBDAS = (1e-6, 1e-2)
 DEFAULT_NM_LAMBDA = 0.85
+# which images a cifar10_npz split holds, named in the table title (a holdout is drawn from "train")
+CIFAR10_NPZ_COPIES = {"train": "JPEG q75 copy", "test": "JPEG q75 copy", "lossless_train": "lossless images",
+                      "lossless_test": "lossless images"}
 
 
 def hyperparameters(config: dict, criterion: str, ratio: float) -> dict:
@@ -67,7 +70,10 @@ def format_markdown(config, original, rows) -> str:
     methods = config["restore"]["methods"]
     m, d = config["model"], config["data"]
     solver_note = " (float32 reference-precision solves)" if config["restore"]["solver"] == "reference" else ""
-    lines = [f"# Data-free restoration: {m['arch']} on {d['name']} ({d['eval_split'] if d['eval_on'] == 'test' else 'holdout'})",
+    split = d["eval_split"] if d["eval_on"] == "test" else "holdout"
+    copy_note = f", {CIFAR10_NPZ_COPIES[d['eval_split'] if d['eval_on'] == 'test' else 'train']}" \
+        if d["name"] == "cifar10_npz" else ""
+    lines = [f"# Data-free restoration: {m['arch']} on {d['name']} ({split}{copy_note})",
              "", f"Original network: top-1 {original['acc1']:.2f}, top-5 {original['acc5']:.2f}. "
              f"LBYL variant: {config['restore']['variant']}{solver_note}. Top-1 (%) without fine-tuning.", ""]
     if any(config["restore"]["grid"].values()):
