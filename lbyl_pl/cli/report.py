@@ -14,6 +14,9 @@ from .common import UsageError, prepare_output_dir, run, write_csv, write_json, 
 
 TAG = "curve/val_acc1"
 LABELS = {"lbyl": "LBYL", "merge": "NM", "prune": "Prune"}
+# "best" is the maximum of every evaluation of the curve (epoch 0 included), on the evaluation set, i.e.
+# picked on the test set: it is not an estimate of what a chosen epoch would give
+BEST_LABEL = "best (max over all epochs, test set)"
 
 
 def read_curve(run_dir: Path) -> dict[int, float]:
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
                      "before": round(curve.get(0, float("nan")), 2), "after": round(curve[last_epoch], 2),
                      "best": round(max(curve.values()), 2)})
         curves[f"{label} (r={info['ratio']})"] = curve
-    lines = [f"# {args.title}", "", "| run | ratio | criterion | epochs | before → after | best |",
+    lines = [f"# {args.title}", "", f"| run | ratio | criterion | epochs | before → after | {BEST_LABEL} |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['label']} | {r['ratio']:.0%} | {r['criterion']} | {r['epochs']} | "
