@@ -2,6 +2,7 @@
 restored networks with their pruning spec. Everything is loaded with ``weights_only=True``."""
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 from pathlib import Path
@@ -108,17 +109,18 @@ def _check_compatible(model: nn.Module, state: dict, path) -> None:
             raise ValueError(f"checkpoint {path}: tensor {key!r} contains NaN or Inf")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+def load_weights(model: nn.Module, path: str | os.PathLike, example_inputs=None) -> nn.Module:
     """Load weights from ``path`` into ``model`` and return the loaded network.
 
     Reads the shared ``{"state_dict": ...}`` files, Lightning checkpoints and plain state dicts. If the
     checkpoint carries a pruning spec, the pruned shapes are rebuilt first and the returned module is a
     new, smaller network; otherwise ``model`` itself is loaded and returned. Incompatible keys or
-    shapes raise ``ValueError`` naming what differs.
+    shapes raise ``ValueError`` naming what differs. ``example_inputs`` is only needed to rebuild the
+    pruned shapes of a network whose input shape the spec does not record.
     """
     state, spec = _state_dict_and_spec(read_checkpoint(path))
     if spec is not None and getattr(model, "lbyl_spec", None) != spec:
-        model = restore_from_spec(model, spec)
+        model = restore_from_spec(model, spec, example_inputs)
     _check_compatible(model, state, path)
     model.load_state_dict(state)
     return model
@@ -138,15 +140,24 @@ def save_restored(model: nn.Module, path: str | os.PathLike, **extra) -> None:
     atomic_torch_save(obj, path)
 
 
-def load_restored(path: str | os.PathLike) -> nn.Module:
-    """Rebuild a network saved by ``save_restored`` (architecture, pruned shapes and weights)."""
+def load_restored(path: str | os.PathLike, model: nn.Module | None = None, example_inputs=None) -> nn.Module:
+    """Rebuild a network saved by ``save_restored``: pruned shapes and weights.
+
+    ``model``: the user's own *unpruned* network of the architecture that was pruned (any
+    ``nn.Module``); its units are discovered again and cut to the saved kept indices, then the weights
+    are loaded (``weights_only=True``). Without ``model`` the architecture recorded in the file is
+    built (built-in and ``torchvision/<name>`` architectures). ``model`` itself is not modified.
+    """
     obj = read_checkpoint(path)
     state, spec = _state_dict_and_spec(obj)
-    arch = (spec or {}).get("arch") or obj.get("arch")
-    if not isinstance(arch, dict) or "name" not in arch:
-        raise ValueError(f"checkpoint {path} does not record its architecture; use "
-                         "load_weights(build_model(...), path)")
-    model = build_model(arch["name"], num_classes=arch.get("num_classes"))
     if spec is not None and spec.get("format") != SPEC_FORMAT:
         raise ValueError(f"checkpoint {path} has an unknown pruning spec format {spec.get('format')!r}")
-    return load_weights(model, path)
+    if model is None:
+        arch = (spec or {}).get("arch") or obj.get("arch")
+        if not isinstance(arch, dict) or "name" not in arch:
+            raise ValueError(f"checkpoint {path} does not record its architecture; pass the unpruned network: "
+                             "load_restored(path, model=your_model)")
+        model = build_model(arch["name"], num_classes=arch.get("num_classes"), input_size=arch.get("input_size"))
+    elif spec is None:
+        model = copy.deepcopy(model)  # a plain state dict: load into a copy, never into the caller's model
+    return load_weights(model, path, example_inputs)

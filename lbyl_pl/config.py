@@ -81,7 +81,7 @@ DEFAULTS: dict = {
     "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine",
               "milestones": [], "gamma": 0.1, "warmup_epochs": 0},
     "trainer": {"max_epochs": 20, "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1,
-                "precision": "32-true", "channels_last": False, "deterministic": False,
+                "precision": "32-true", "eval_precision": "32", "channels_last": False, "deterministic": False,
                 "limit_train_batches": None, "limit_val_batches": None, "log_every_n_steps": 50,
                 "enable_progress_bar": True, "threads": None},
 }

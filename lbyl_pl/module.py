@@ -11,9 +11,10 @@ from torchmetrics import Accuracy, MeanMetric
 from .models import build_model
 from .restoration import restore_from_spec
 
-__all__ = ["ClassifierModule", "SCHEDULES"]
+__all__ = ["ClassifierModule", "SCHEDULES", "EVAL_PRECISIONS"]
 
 SCHEDULES = ("cosine", "step", "constant")
+EVAL_PRECISIONS = ("32", "train")
 
 
 class ClassifierModule(pl.LightningModule):
@@ -23,10 +24,15 @@ class ClassifierModule(pl.LightningModule):
     synchronised across ranks), and ``curve/val_acc1`` against the *epoch* index to TensorBoard:
     0 for an evaluation before any training step, ``e`` after ``e`` epochs. The pruning spec of a
     restored network is stored in every checkpoint and rebuilt on load.
+
+    ``eval_precision="32"`` (the default) validates and tests in float32 whatever the training
+    precision: a mixed-precision run's autocast is switched off for evaluation, so the epoch-0 point of a
+    fine-tuning curve equals the fp32 restoration tables. ``"train"`` evaluates under the training
+    precision. (With ``*-true`` half precisions the weights themselves are half; there is no fp32 copy.)
     """
 
     def __init__(self, arch: str, num_classes: int | None = None, optim: dict | None = None,
-                 channels_last: bool = False, pruning_spec: dict | None = None):
+                 channels_last: bool = False, pruning_spec: dict | None = None, eval_precision: str = "32"):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_model(arch, num_classes)
@@ -37,6 +43,9 @@ class ClassifierModule(pl.LightningModule):
                       **(optim or {})}
         if self.optim["schedule"] not in SCHEDULES:
             raise ValueError(f"unknown schedule {self.optim['schedule']!r}; allowed: {', '.join(SCHEDULES)}")
+        if eval_precision not in EVAL_PRECISIONS:
+            raise ValueError(f"unknown eval_precision {eval_precision!r}; allowed: {', '.join(EVAL_PRECISIONS)}")
+        self.eval_precision = eval_precision
         self.channels_last = channels_last
         classes = self.net_num_classes()
         self.val_acc1 = Accuracy(task="multiclass", num_classes=classes, top_k=1, average="micro")
@@ -65,7 +74,12 @@ class ClassifierModule(pl.LightningModule):
 
     def _eval_step(self, batch):
         x, y = batch
-        logits = self(x).float()
+        if self.eval_precision == "32":
+            # Nested inside Lightning's autocast context: this switches it off for the evaluation only.
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                logits = self(x.float() if x.is_floating_point() else x).float()
+        else:
+            logits = self(x).float()
         self.val_loss.update(F.cross_entropy(logits, y), weight=len(y))
         self.val_acc1.update(logits, y)
         self.val_acc5.update(logits, y)

@@ -12,6 +12,7 @@ from .methods import METHODS, lbyl_delivery, merge_delivery, prune_delivery
 from .methods.common import check_nonnegative, check_variant
 from .selection import check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
+from .discovery import discover, example_inputs_of
 from .units import prunable_units, unit_tensors
 
 __all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
@@ -70,20 +71,42 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module) -> int:
-    """FLOPs of one forward pass on the architecture's example input (``torch.utils.flop_counter``)."""
-    size = getattr(model, "example_input_size", None)
-    if size is None:
+def count_flops(model: nn.Module, example_inputs=None) -> int:
+    """FLOPs of one forward pass (``torch.utils.flop_counter``) on ``example_inputs``, by default zeros
+    of the architecture's ``example_input_size``; 0 when neither is known."""
+    if example_inputs is None and getattr(model, "example_input_size", None) is None:
         return 0
-    param = next(model.parameters())
+    x = example_inputs_of(model, example_inputs)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
-            model(torch.zeros(size, dtype=param.dtype, device=param.device))
+            model(*x) if isinstance(x, tuple) else model(x)
     finally:
         model.train(was_training)
     return int(counter.get_total_flops())
+
+
+def _layer_flops(weight_shape, out_numel: int) -> int:
+    """FLOPs ``torch.utils.flop_counter`` counts for a conv or linear layer: 2 x outputs x fan-in."""
+    fan_in = 1
+    for size in weight_shape[1:]:
+        fan_in *= int(size)
+    return 2 * out_numel * fan_in
+
+
+def pruned_flops(found, model: nn.Module, restored: nn.Module) -> int:
+    """FLOPs of ``restored`` from the traced count of ``model``: the original total minus what each
+    resized conv/linear layer saves (output elements scale with its output channels). Equal to
+    counting ``restored`` again (tested), without a second forward pass."""
+    total = found.flops
+    before, after = dict(model.named_modules()), dict(restored.named_modules())
+    for name, out_numel in found.module_out_numel.items():
+        old, new = before[name].weight.shape, after[name].weight.shape
+        if old != new:
+            new_numel = out_numel // int(old[0]) * int(new[0])
+            total -= _layer_flops(old, out_numel) - _layer_flops(new, new_numel)
+    return total
 
 
 def _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver):
@@ -112,8 +135,8 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
                       ratio: float = 0.3, *, lambda1: float = 1e-6, lambda2: float = 1e-2,
                       threshold: float | None = None, nm_lambda: float = 0.85,
                       variant: str = "paper", solver: str = "shared", kept: dict | None = None,
-                      progress: bool = False):
-    """Prune every declared unit of ``model`` at ``ratio`` and restore it without data.
+                      progress: bool = False, example_inputs=None, units=None):
+    """Prune every prunable unit of ``model`` at ``ratio`` and restore it without data.
 
     Returns ``(restored, report)``. ``restored`` is a new, physically smaller module carrying its
     pruning spec in ``restored.lbyl_spec`` (plain data, see ``lbyl_pl.save_restored``); ``model`` is
@@ -122,6 +145,12 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     ``lbyl`` (``lambda1``, ``lambda2``). ``variant="paper"`` reproduces the published tables;
     ``"exact"`` uses the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name
     instead of running the criterion.
+
+    Any ``nn.Module`` works: its units are discovered on the graph traced on ``example_inputs`` (a
+    tensor, or a tuple of the forward's inputs; default zeros of ``model.example_input_size``); a
+    built-in architecture keeps the paper's selection among them. ``units`` (producer module names,
+    see ``lbyl_pl.discover``) restricts the pruning to those units. Params and FLOPs in the report
+    are counted on the example inputs.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
@@ -131,7 +160,11 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     hparams = _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver)
-    units = prunable_units(model)
+    found = None
+    if getattr(model, "prunable_units", None) is None:
+        example_inputs = example_inputs_of(model, example_inputs)
+        found = discover(model, example_inputs)
+    units = prunable_units(model, example_inputs, units)
     iterator = units
     if progress:
         from tqdm.auto import tqdm
@@ -161,6 +194,8 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     spec = {
         "format": SPEC_FORMAT,
         "arch": copy.deepcopy(getattr(model, "lbyl_arch", None)),
+        # what discovery traced on: restore_from_spec re-traces a fresh model on inputs of this shape
+        "example_input_shape": _shape_list(example_inputs),
         "method": method, "criterion": criterion, "ratio": float(ratio), "variant": variant,
         "hparams": hparams,
         "units": {plan.unit.name: list(plan.kept) for plan in plans},
@@ -172,19 +207,55 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
         all_coefs.mean().item() if all_coefs.numel() else 0.0,
         all_coefs.max().item() if all_coefs.numel() else 0.0,
         all_coefs.min().item() if all_coefs.numel() else 0.0,
-        count_params(model), count_params(restored), count_flops(model), count_flops(restored))
+        count_params(model), count_params(restored),
+        found.flops if found is not None else count_flops(model, example_inputs),
+        pruned_flops(found, model, restored) if found is not None else count_flops(restored, example_inputs))
     return restored, report
 
 
-def restore_from_spec(model: nn.Module, spec: dict) -> nn.Module:
+def _shape_list(example_inputs):
+    if isinstance(example_inputs, torch.Tensor):
+        return list(example_inputs.shape)
+    if isinstance(example_inputs, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
+        return [list(x.shape) for x in example_inputs] if len(example_inputs) != 1 else list(example_inputs[0].shape)
+    return None
+
+
+def _inputs_from_shape(model: nn.Module, shape):
+    if shape is None:
+        return None
+    param = next(model.parameters(), None)
+    kwargs = {"dtype": param.dtype if param is not None else torch.float32,
+              "device": param.device if param is not None else "cpu"}
+    if shape and isinstance(shape[0], list):
+        return tuple(torch.zeros(s, **kwargs) for s in shape)
+    return torch.zeros(shape, **kwargs)
+
+
+def restore_from_spec(model: nn.Module, spec: dict, example_inputs=None) -> nn.Module:
     """Rebuild the pruned *shapes* described by ``spec`` on an unpruned ``model`` (weights are placeholders
-    until a state dict is loaded)."""
+    until a state dict is loaded).
+
+    ``model`` may be any network of the same structure as the one that was pruned (the user's own
+    unpruned model): its units are discovered again on ``example_inputs`` (default: zeros of the shape
+    recorded in the spec) and matched by producer name.
+    """
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT:
         raise ValueError(f"not an lbyl-pl pruning spec (expected format {SPEC_FORMAT!r})")
-    units = {u.name: u for u in prunable_units(model)}
+    if example_inputs is None and getattr(model, "example_input_size", None) is None:
+        example_inputs = _inputs_from_shape(model, spec.get("example_input_shape"))
+    if getattr(model, "prunable_units", None) is None:
+        # all discovered units, not only a built-in's selection: the spec says which were pruned
+        from .discovery import discover_units
+        units = {u.name: u for u in discover_units(model, example_inputs_of(model, example_inputs))}
+        names = {id(m): n for n, m in model.named_modules()}
+        units = {names[id(u.layer)]: u for u in units.values()}
+    else:
+        units = {u.name: u for u in prunable_units(model)}
     unknown = sorted(set(spec["units"]) - set(units))
     if unknown:
-        raise ValueError(f"pruning spec names units this architecture does not have: {unknown[:5]}")
+        raise ValueError(f"pruning spec names units this model does not have: {unknown[:5]} "
+                         f"(units found: {sorted(units)[:5]}{' ...' if len(units) > 5 else ''})")
     plans = []
     for name, kept in spec["units"].items():
         unit = units[name]

@@ -1,8 +1,9 @@
 """Surgery: build the physically smaller network from kept indices and delivery matrices.
 
 For every unit the layer keeps rows ``k`` (and its BN is sliced to ``k``), channel-wise passthrough
-modules keep channels ``k``, and the consumer's input channels are replaced by ``U' = U S``
+modules keep channels ``k``, and each consumer's input channels are replaced by ``U' = U S``
 (``method.md`` §5.3), where ``S`` (``n x m``) is the delivery matrix a restoration method computed.
+Modules are resized in place on a deep copy, so their classes and attributes are kept.
 A module may be both a consumer and a pruned layer (ResNet bottleneck conv2): its input-side
 compensation and output-side slicing act on different axes and commute (§5.5).
 
@@ -35,55 +36,48 @@ def selection_matrix(n: int, kept: list[int]) -> torch.Tensor:
     return S
 
 
-def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, module)
-
-
-def _new_like(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """A module of ``module``'s type and settings, sized for ``weight``."""
+def _resize(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """Give ``module`` (a Conv2d or Linear of the copied network) new weights and matching sizes, in
+    place, so that subclasses, hooks and every other attribute survive the surgery."""
     if isinstance(module, nn.Conv2d):
-        groups = module.groups
-        if groups != 1:
-            # Only depthwise convs (groups == channels) may be sliced; their channel count changes.
-            groups = weight.shape[0]
-        new = nn.Conv2d(weight.shape[1] * groups, weight.shape[0], module.kernel_size, module.stride,
-                        module.padding, module.dilation, groups, bias is not None, module.padding_mode,
-                        device=weight.device, dtype=weight.dtype)
+        if module.groups != 1:
+            # Only one-to-one depthwise convs are sliced (discovery checks it): one group per channel.
+            module.groups = weight.shape[0]
+        module.out_channels = weight.shape[0]
+        module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias is not None, device=weight.device,
-                        dtype=weight.dtype)
-    else:  # pragma: no cover - architectures only declare Conv2d/Linear layers
+        module.out_features, module.in_features = weight.shape
+    else:  # pragma: no cover - units only hold Conv2d/Linear layers
         raise TypeError(f"cannot resize a {type(module).__name__}")
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
-    new.train(module.training)
-    return new
+    module.weight = nn.Parameter(weight.contiguous(), requires_grad=module.weight.requires_grad)
+    if bias is not None:
+        module.bias = nn.Parameter(bias.contiguous(), requires_grad=module.bias.requires_grad)
 
 
-def _sliced_bn(bn: nn.Module, kept: torch.Tensor) -> nn.Module:
-    new = type(bn)(len(kept), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                   track_running_stats=bn.track_running_stats,
-                   device=(bn.weight if bn.weight is not None else bn.running_mean).device)
-    with torch.no_grad():
-        if bn.affine:
-            new.weight = nn.Parameter(bn.weight.detach()[kept].clone())
-            new.bias = nn.Parameter(bn.bias.detach()[kept].clone())
-        if bn.track_running_stats and bn.running_mean is not None:
-            new.running_mean = bn.running_mean[kept].clone()
-            new.running_var = bn.running_var[kept].clone()
-            new.num_batches_tracked = bn.num_batches_tracked.clone()
-    new.train(bn.training)
-    return new
+def _slice_bn(bn: nn.Module, kept: torch.Tensor) -> None:
+    """Keep channels ``kept`` of a BatchNorm, in place."""
+    kept = kept.to((bn.weight if bn.weight is not None else bn.running_mean).device)
+    bn.num_features = len(kept)
+    if bn.affine:
+        bn.weight = nn.Parameter(bn.weight.detach()[kept].clone(), requires_grad=bn.weight.requires_grad)
+        bn.bias = nn.Parameter(bn.bias.detach()[kept].clone(), requires_grad=bn.bias.requires_grad)
+    if bn.running_mean is not None:
+        bn.running_mean = bn.running_mean[kept].clone()
+        bn.running_var = bn.running_var[kept].clone()
 
 
-def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor) -> torch.Tensor:
-    """``U'[o, j, ...] = sum_i U[o, i, ...] S[i, j]``, computed in float64."""
-    out = torch.einsum("oi...,ij->oj...", weight.detach().to(torch.float64),
-                       delivery.to(weight.device))
+def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features: int) -> torch.Tensor:
+    """``U'[o, j, ...] = sum_i U[o, i, ...] S[i, j]``, computed in float64.
+
+    A Linear after a flatten reads channel ``i`` through inputs ``[i*r, (i+1)*r)`` (``features = r``):
+    the same ``S`` acts on each of those ``r`` positions.
+    """
+    w = weight.detach().to(torch.float64)
+    if features > 1:
+        w = w.reshape(w.shape[0], -1, features)
+    out = torch.einsum("oi...,ij->oj...", w, delivery.to(weight.device))
+    if features > 1:
+        out = out.reshape(out.shape[0], -1)
     return out.to(weight.dtype)
 
 
@@ -91,7 +85,7 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
     """Return a pruned deep copy of ``model`` (which is left untouched)."""
     names = {id(m): n for n, m in model.named_modules()}
     out_kept: dict[str, torch.Tensor] = {}
-    in_delivery: dict[str, torch.Tensor] = {}
+    in_delivery: dict[str, tuple[torch.Tensor, int]] = {}
     bn_kept: dict[str, torch.Tensor] = {}
     for plan in plans:
         kept = torch.as_tensor(plan.kept, dtype=torch.long)
@@ -104,10 +98,12 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
             bn_kept[names[id(unit.bn)]] = kept
         for module in unit.passthrough:
             (bn_kept if isinstance(module, BN_TYPES) else out_kept)[names[id(module)]] = kept
-        consumer = names[id(unit.consumer)]
-        if consumer in in_delivery:
-            raise ValueError(f"module {consumer!r} is the consumer of two units")
-        in_delivery[consumer] = plan.delivery
+        for module, features in zip(unit.consumers, unit.features_per_channel):
+            consumer = names[id(module)]
+            if consumer in in_delivery:
+                raise ValueError(f"module {consumer!r} is the consumer of two units")
+            # every consumer of the unit receives the same delivery matrix
+            in_delivery[consumer] = (plan.delivery, features)
 
     pruned = copy.deepcopy(model)
     for name in sorted(set(out_kept) | set(in_delivery)):
@@ -115,12 +111,12 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
         weight = module.weight.detach()
         bias = module.bias.detach() if module.bias is not None else None
         if name in in_delivery:
-            weight = _apply_input_delivery(weight, in_delivery[name])
+            weight = _apply_input_delivery(weight, *in_delivery[name])
         if name in out_kept:
             kept = out_kept[name].to(weight.device)
             weight = weight[kept]
             bias = bias[kept] if bias is not None else None
-        _set_module(pruned, name, _new_like(module, weight.contiguous(), bias))
+        _resize(module, weight, bias)
     for name, kept in bn_kept.items():
-        _set_module(pruned, name, _sliced_bn(pruned.get_submodule(name), kept))
+        _slice_bn(pruned.get_submodule(name), kept)
     return pruned

@@ -1,20 +1,25 @@
-"""Prunable units: what an architecture declares so the rest of the package can prune it.
+"""Prunable units: the channel groups the rest of the package prunes and restores.
 
-A unit is a layer whose *output* channels are pruned (``layer``), the BatchNorm over those channels
-(``bn``; ``None`` for LeNet's bias-carrying Linear layers), optional channel-wise modules that sit
-between the layer and its reader and simply lose the pruned channels (``passthrough``; MobileNet-V2's
-depthwise conv and its BN), and the ``consumer`` that reads the channels and receives the
-compensation. Units hold module *references*; names are looked up from the model when needed, so a
-unit never depends on state-dict positions.
+A unit is a producer (``layer``: Conv2d with groups 1, or Linear) whose *output* channels are pruned,
+the BatchNorm over those channels (``bn``; ``None`` when there is none), optional channel-wise
+modules between the producer and its readers that simply lose the pruned channels (``passthrough``:
+a depthwise conv and its BN, as in MobileNet-V2), and the ``consumers`` (Conv2d / Linear) that read
+the channels and receive the same compensation. A Linear after a flatten reads each channel through
+``features_per_channel`` consecutive inputs. Units hold module *references*; ``name`` is the
+producer's module path, so a unit never depends on state-dict positions.
+
+Units are found on the traced graph (``lbyl_pl.discovery``); a built-in architecture only selects
+the ones the paper prunes (its ``select_units``), and a model that the tracer cannot handle may
+declare its own through a ``prunable_units()`` method.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
 
-__all__ = ["PrunableUnit", "UnitTensors", "prunable_units", "unit_tensors", "module_names"]
+__all__ = ["PrunableUnit", "UnitTensors", "prunable_units", "select_producers", "unit_tensors", "module_names"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -23,22 +28,52 @@ BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 class PrunableUnit:
     layer: nn.Module
     bn: nn.Module | None
-    consumer: nn.Module
+    consumers: tuple[nn.Module, ...]
     passthrough: tuple[nn.Module, ...] = ()
     count_rule: str = "floor"  # "floor" for conv nets, "round" for LeNet (method.md §1, §11)
     name: str = field(default="")
+    features_per_channel: tuple[int, ...] = ()  # per consumer; empty means 1 each
+    activations: tuple[str, ...] = ()           # non-linearities between BN and consumers (traced)
+    consumer_names: tuple[str, ...] = ()
+    passthrough_names: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        consumers = self.consumers
+        if isinstance(consumers, nn.Module):  # PrunableUnit(layer, bn, consumer) for one consumer
+            consumers = (consumers,)
+        object.__setattr__(self, "consumers", tuple(consumers))
+        object.__setattr__(self, "passthrough", tuple(self.passthrough))
+        if not self.features_per_channel:
+            object.__setattr__(self, "features_per_channel", (1,) * len(self.consumers))
+        if len(self.features_per_channel) != len(self.consumers):
+            raise ValueError("features_per_channel needs one entry per consumer")
+        if not self.consumers:
+            raise ValueError(f"unit {self.name!r} has no consumer")
+
+    @property
+    def consumer(self) -> nn.Module:
+        """The consumer of a unit that has exactly one."""
+        if len(self.consumers) != 1:
+            raise AttributeError(f"unit {self.name!r} has {len(self.consumers)} consumers; use .consumers")
+        return self.consumers[0]
 
     @property
     def n_channels(self) -> int:
         return self.layer.weight.shape[0]
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [self.layer, *self.consumers, *self.passthrough] + ([self.bn] if self.bn is not None else [])
 
 
 @dataclass
 class UnitTensors:
     """Float64 copies of everything a restoration method reads for one unit (original weights).
 
-    ``weight`` is ``(n, d)``: conv filters flattened over ``(C_in, kh, kw)``, or Linear rows with the
-    bias appended (``[w, b]``, §11). BN statistics are ``None`` for units without BN.
+    ``weight`` is ``(n, d)``: conv filters flattened over ``(C_in, kh, kw)``, or, for a producer with a
+    bias and no BN (LeNet's Linear layers), the rows with the bias appended (``[w, b]``, §11). A bias
+    followed by a BN is folded into the BN's mean instead (``BN(z + b)`` with mean ``mu`` equals ``BN(z)``
+    with mean ``mu - b``). BN statistics are ``None`` for units without BN.
     """
     weight: torch.Tensor
     gamma: torch.Tensor | None = None
@@ -56,30 +91,69 @@ def module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
 
-def prunable_units(model: nn.Module) -> list[PrunableUnit]:
-    """The units a model declares through its ``prunable_units()`` method, with their module paths."""
-    declare = getattr(model, "prunable_units", None)
-    if declare is None:
-        raise ValueError(
-            f"{type(model).__name__} does not declare prunable units; build it with "
-            "lbyl_pl.build_model(...) or give it a prunable_units() method")
+def _named(unit: PrunableUnit, names: dict[int, str], model: nn.Module) -> PrunableUnit:
+    for module in unit.modules:
+        if id(module) not in names:
+            raise ValueError(f"a prunable unit of {type(model).__name__} refers to a module outside the model")
+    return replace(unit, name=names[id(unit.layer)],
+                   consumer_names=tuple(names[id(m)] for m in unit.consumers),
+                   passthrough_names=tuple(names[id(m)] for m in unit.passthrough))
+
+
+def prunable_units(model: nn.Module, example_inputs=None, units=None) -> list[PrunableUnit]:
+    """The units ``prune_and_restore`` works on.
+
+    A model with a ``prunable_units()`` method declares them; otherwise they are discovered on the
+    traced graph (``example_inputs``, default zeros of ``model.example_input_size``), and a built-in
+    architecture's ``select_units`` keeps the paper's choice among them. ``units`` (producer module
+    names) restricts the result.
+    """
     names = module_names(model)
-    units = []
-    for unit in declare():
-        modules = [unit.layer, unit.consumer, *unit.passthrough] + ([unit.bn] if unit.bn is not None else [])
-        for module in modules:
-            if id(module) not in names:
-                raise ValueError(f"a prunable unit of {type(model).__name__} refers to a module outside the model")
-        units.append(PrunableUnit(unit.layer, unit.bn, unit.consumer, tuple(unit.passthrough),
-                                  unit.count_rule, names[id(unit.layer)]))
-    return units
+    declare = getattr(model, "prunable_units", None)
+    if declare is not None:
+        found = [_named(unit, names, model) for unit in declare()]
+    else:
+        from .discovery import discover_units
+        found = discover_units(model, example_inputs)
+        select = getattr(model, "select_units", None)
+        if select is not None:
+            found = select(found)
+        found = [_named(unit, names, model) for unit in found]
+    if units is not None:
+        if isinstance(units, str):
+            units = [units]
+        by_name = {u.name: u for u in found}
+        unknown = [u for u in units if u not in by_name]
+        if unknown:
+            raise ValueError(f"units= names {unknown[:5]} that are not prunable units of {type(model).__name__}; "
+                             f"allowed: {', '.join(list(by_name)[:20])}{' ...' if len(by_name) > 20 else ''}")
+        wanted = set(units)
+        found = [u for u in found if u.name in wanted]
+    return found
+
+
+def select_producers(units: list[PrunableUnit], producers, model: nn.Module, **changes) -> list[PrunableUnit]:
+    """The discovered units whose producers are ``producers`` (module references, in that order).
+
+    How a built-in architecture states the paper's choice of layers (``method.md`` §2); ``changes``
+    (e.g. ``count_rule="round"``) are applied to every selected unit. A producer that discovery did
+    not return as a unit is an error, never a silently smaller selection.
+    """
+    by_layer = {id(u.layer): u for u in units}
+    missing = [p for p in producers if id(p) not in by_layer]
+    if missing:
+        names = module_names(model)
+        raise ValueError(f"{type(model).__name__}: discovery did not find the paper's units "
+                         f"{[names.get(id(p), '?') for p in missing][:5]}")
+    return [replace(by_layer[id(p)], **changes) if changes else by_layer[id(p)] for p in producers]
 
 
 def unit_tensors(unit: PrunableUnit) -> UnitTensors:
     layer = unit.layer
     weight = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
-    if isinstance(layer, nn.Linear) and layer.bias is not None:
-        weight = torch.cat([weight, layer.bias.detach().to(torch.float64)[:, None]], dim=1)
+    bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else None
+    if bias is not None and unit.bn is None:
+        weight = torch.cat([weight, bias[:, None]], dim=1)
     if not torch.isfinite(weight).all():
         raise ValueError(f"layer {unit.name!r} has NaN or Inf weights; refusing to restore")
     if unit.bn is None:
@@ -91,8 +165,10 @@ def unit_tensors(unit: PrunableUnit) -> UnitTensors:
     n = weight.shape[0]
     gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
     beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
-    tensors = UnitTensors(weight, gamma, beta, bn.running_mean.detach().double(),
-                          bn.running_var.detach().double(), float(bn.eps))
+    mean = bn.running_mean.detach().double()
+    if bias is not None:
+        mean = mean - bias
+    tensors = UnitTensors(weight, gamma, beta, mean, bn.running_var.detach().double(), float(bn.eps))
     for label in ("gamma", "beta", "mean", "var"):
         if not torch.isfinite(getattr(tensors, label)).all():
             raise ValueError(f"BatchNorm after {unit.name!r} has NaN or Inf in its {label}")

@@ -100,10 +100,16 @@ def test_nan_in_bn_running_var(tiny_net):
         prune_and_restore(model, "merge", "l2-norm", 0.5)
 
 
-def test_model_without_prunable_units():
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
-    with pytest.raises(ValueError, match="Sequential does not declare prunable units"):
+def test_model_without_example_inputs():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    with pytest.raises(ValueError, match=r"Sequential needs example inputs to find its prunable units"):
         prune_and_restore(model, "lbyl", "l2-norm", 0.5)
+
+
+def test_model_without_any_unit_names_the_skipped_groups():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    with pytest.raises(ValueError, match=r"Sequential has no prunable unit \(groups skipped: 1 reaches the output\)"):
+        prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=torch.zeros(1, 3, 8, 8))
 
 
 def test_model_not_a_module():
@@ -185,7 +191,7 @@ def test_spec_of_wrong_format(lenet):
 
 def test_spec_naming_unknown_units(lenet):
     spec = {"format": "lbyl-pl/pruning-spec/v1", "units": {"feature.0": [0, 1]}}
-    with pytest.raises(ValueError, match=r"units this architecture does not have: \['feature\.0'\]"):
+    with pytest.raises(ValueError, match=r"units this model does not have: \['feature\.0'\]"):
         restore_from_spec(lenet, spec)
 
 

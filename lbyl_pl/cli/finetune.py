@@ -35,7 +35,8 @@ def main(argv=None) -> int:
     seed_everything(config["seed"], workers=True)
     net = load_network(config, required=f["init"] == "restored")
     m = config["model"]
-    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
+    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
+                              eval_precision=str(config["trainer"]["eval_precision"]))
     module.set_net(net)
     hp = hyperparameters(config, f["criterion"], float(f["ratio"]))
     restore = RestoreCallback(f["method"], f["criterion"], float(f["ratio"]), config["restore"]["variant"],

@@ -58,7 +58,8 @@ def selected_hparams(rows: list[dict]) -> dict:
 
 def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
     m = config["model"]
-    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
+    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
+                              eval_precision=str(config["trainer"]["eval_precision"]))
     module.set_net(copy.deepcopy(net))
     trainer = build_trainer(config, out, callbacks=[callback] if callback else [], logger=False)
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]

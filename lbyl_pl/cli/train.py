@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     elif t["ratio"]:
         net, _ = prune_and_restore(net, "prune", "random_3", float(t["ratio"]))
     reinitialize(net, config["seed"])
-    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"])
+    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
+                              eval_precision=str(config["trainer"]["eval_precision"]))
     module.set_net(net)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     checkpoints = last_checkpoint(out)

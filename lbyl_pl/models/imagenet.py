@@ -9,23 +9,24 @@ from __future__ import annotations
 from torchvision.models.mobilenetv2 import InvertedResidual, MobileNetV2
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from ..units import PrunableUnit
+from ..units import select_producers
 
 
-def resnet_units(model: ResNet) -> list[PrunableUnit]:
+def resnet_units(model: ResNet, units) -> list:
     """BasicBlock: conv1 -> conv2. Bottleneck: conv1 -> conv2 and conv2 -> conv3 (method.md §2).
 
-    Residual channels (conv2 of BasicBlock, conv3 of Bottleneck), downsample, stem and fc are never pruned.
+    Residual channels (conv2 of BasicBlock, conv3 of Bottleneck) are coupled across the adds and
+    never units; the stem (a unit with two consumers in Bottleneck ResNets) and fc are not pruned.
     """
-    units = []
+    producers = []
     for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
         for block in layer:
-            units.append(PrunableUnit(block.conv1, block.bn1, block.conv2))
+            producers.append(block.conv1)
             if isinstance(block, Bottleneck):
-                units.append(PrunableUnit(block.conv2, block.bn2, block.conv3))
+                producers.append(block.conv2)
             elif not isinstance(block, BasicBlock):
                 raise ValueError(f"unsupported ResNet block {type(block).__name__}")
-    return units
+    return select_producers(units, producers, model)
 
 
 class ResNet34(ResNet):
@@ -35,8 +36,8 @@ class ResNet34(ResNet):
     def __init__(self, num_classes: int = 1000):
         super().__init__(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)
 
-    def prunable_units(self):
-        return resnet_units(self)
+    def select_units(self, units):
+        return resnet_units(self, units)
 
 
 class ResNet101(ResNet):
@@ -46,8 +47,8 @@ class ResNet101(ResNet):
     def __init__(self, num_classes: int = 1000):
         super().__init__(Bottleneck, [3, 4, 23, 3], num_classes=num_classes)
 
-    def prunable_units(self):
-        return resnet_units(self)
+    def select_units(self, units):
+        return resnet_units(self, units)
 
 
 class MobileNetV2Prunable(MobileNetV2):
@@ -72,12 +73,10 @@ class MobileNetV2Prunable(MobileNetV2):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0):
         super().__init__(num_classes=num_classes, width_mult=width_mult)
 
-    def prunable_units(self):
-        units = []
-        for block in self.features:
-            if not isinstance(block, InvertedResidual) or len(block.conv) != 4:
-                continue  # stem, last 1x1 conv, and the expand_ratio=1 block
-            expand, depthwise, project = block.conv[0], block.conv[1], block.conv[2]
-            units.append(PrunableUnit(expand[0], expand[1], project,
-                                      passthrough=(depthwise[0], depthwise[1])))
-        return units
+    def select_units(self, units):
+        # The expansion conv of every block that has one (discovery finds its depthwise conv and BN
+        # as passthrough and the projection conv as consumer); not the stem, the expand_ratio=1
+        # block or the last 1x1 conv.
+        expansions = [block.conv[0][0] for block in self.features
+                      if isinstance(block, InvertedResidual) and len(block.conv) == 4]
+        return select_producers(units, expansions, self)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..units import PrunableUnit
+from ..units import select_producers
 
 
 class LeNet300(nn.Module):
@@ -23,7 +23,6 @@ class LeNet300(nn.Module):
         x = x.flatten(1)
         return self.ip3(self.relu(self.ip2(self.relu(self.ip1(x)))))
 
-    def prunable_units(self):
+    def select_units(self, units):
         # Both hidden layers; counts use round() and criteria see [w, b] (method.md §11).
-        return [PrunableUnit(self.ip1, None, self.ip2, count_rule="round"),
-                PrunableUnit(self.ip2, None, self.ip3, count_rule="round")]
+        return select_producers(units, [self.ip1, self.ip2], self, count_rule="round")

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from ..units import PrunableUnit
+from ..units import select_producers
 from .imagenet import resnet_units
 
 
@@ -58,9 +58,10 @@ class ResNet56(nn.Module):
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.fc(self.avgpool(self.relu(x)).flatten(1))
 
-    def prunable_units(self):
+    def select_units(self, units):
+        # conv1 of every block (read by conv2); residual channels are coupled and never units.
         blocks = [b for layer in (self.layer1, self.layer2, self.layer3) for b in layer]
-        return [PrunableUnit(b.conv1, b.bn1, b.conv2) for b in blocks]
+        return select_producers(units, [b.conv1 for b in blocks], self)
 
 
 class ResNet50Cifar(ResNet):
@@ -74,5 +75,5 @@ class ResNet50Cifar(ResNet):
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.maxpool = nn.Identity()
 
-    def prunable_units(self):
-        return resnet_units(self)
+    def select_units(self, units):
+        return resnet_units(self, units)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..units import PrunableUnit
+from ..units import select_producers
 
 VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 
@@ -36,10 +36,6 @@ class VGG16BN(nn.Module):
     def forward(self, x):
         return self.classifier(self.pool(self.feature(x)).flatten(1))
 
-    def prunable_units(self):
-        convs = [m for m in self.feature if isinstance(m, nn.Conv2d)]
-        bns = [m for m in self.feature if isinstance(m, nn.BatchNorm2d)]
-        # conv t is read by conv t+1 (max-pools in between are channel-wise); the last conv by
-        # classifier.0, since the map is pooled to 1x1 and feature index = channel.
-        consumers = convs[1:] + [self.classifier[0]]
-        return [PrunableUnit(conv, bn, nxt) for conv, bn, nxt in zip(convs, bns, consumers)]
+    def select_units(self, units):
+        # The 13 convs (conv t read by conv t+1, the last by classifier.0); not classifier.0 itself.
+        return select_producers(units, [m for m in self.feature if isinstance(m, nn.Conv2d)], self)

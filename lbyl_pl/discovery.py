@@ -1,0 +1,366 @@
+"""Discovery: the prunable units of any ``nn.Module``, read off the graph Torch-Pruning traces.
+
+Torch-Pruning's ``DependencyGraph`` traces one forward pass (autograd graph plus module hooks) and
+returns, for every ``Conv2d`` / ``Linear`` root, the *group* of every module and op whose channels
+must change with the root's output channels. A group is an LBYL/NM unit when it has exactly
+
+- one producer: the root, a ``Conv2d`` with ``groups == 1`` or a ``Linear``;
+- at most one BatchNorm over those channels, reading the producer's output directly;
+- between it and the readers only channel-wise ops (activations, pooling, dropout, flatten) and
+  optional passthrough depthwise convs (``groups == in == out channels``), each with at most one BN;
+- one or more consumers: ``Conv2d`` with ``groups == 1`` or ``Linear`` (after a flatten a Linear reads
+  each channel through several consecutive features; the mapping is checked on the traced graph).
+
+Everything else is skipped with a reason (``Discovery.skipped``): channels coupled with another
+producer across a residual add or a product, concatenations and splits, channels that reach the
+network output, grouped convs, other normalisations, modules called more than once. The units hold
+module references of ``model``; their ``name`` is the producer's module path. Discovery never
+modifies ``model`` (Torch-Pruning switches it to eval mode while tracing; the mode is restored).
+"""
+from __future__ import annotations
+
+import re
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from .units import BN_TYPES, PrunableUnit
+
+__all__ = ["Discovery", "SkippedGroup", "discover", "discover_units", "example_inputs_of"]
+
+# Reasons a group is not a unit (the first word is the category used in the zoo table).
+COUPLED = "coupled"
+CONCAT = "concatenation"
+SPLIT = "split/slice"
+OUTPUT = "output layer"
+REACHES_OUTPUT = "reaches the output"
+GROUPED = "grouped conv"
+NOT_CHANNELWISE = "not channel-wise"
+OTHER_NORM = "other normalisation"
+BN_PLACEMENT = "BN placement"
+REUSED = "reused module"
+MAPPING = "channel mapping"
+UNSUPPORTED = "unsupported module"
+
+# autograd node names (trailing version digits dropped) of ops that act on each channel separately.
+ACTIVATIONS = {
+    "ReluBackward": "ReLU", "HardtanhBackward": "ReLU6/Hardtanh", "SiluBackward": "SiLU",
+    "HardswishBackward": "Hardswish", "GeluBackward": "GELU", "LeakyReluBackward": "LeakyReLU",
+    "EluBackward": "ELU", "SigmoidBackward": "Sigmoid", "TanhBackward": "Tanh",
+    "HardsigmoidBackward": "Hardsigmoid", "MishBackward": "Mish", "SoftplusBackward": "Softplus",
+}
+# Pooling and shape-neutral ops: a channel's values stay that channel's (positively homogeneous).
+NEUTRAL_OPS = {
+    "MaxPool2DWithIndicesBackward", "MaxPool1DWithIndicesBackward", "AvgPool2DBackward",
+    "AvgPool1DBackward", "AdaptiveAvgPool2DBackward", "AdaptiveMaxPool2DBackward",
+    "AdaptiveAvgPool1DBackward", "MeanBackward", "CloneBackward", "NativeDropoutBackward",
+    "DropoutBackward", "ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "AliasBackward",
+    "ToCopyBackward", "FlattenBackward", "UpsampleNearest2DBackward", "UpsampleBilinear2DBackward",
+    "ConstantPadNdBackward", "ReflectionPad2DBackward", "ReplicationPad2DBackward",
+    "TBackward",  # a Linear consumer's own weight transpose (the consumer mapping check still applies)
+}
+OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class SkippedGroup:
+    """A traced channel group that is not a unit: its root module, the reason's category and detail."""
+    name: str
+    reason: str
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class Discovery:
+    """What discovery found: units, skipped groups, and counts measured on the example inputs."""
+    units: list[PrunableUnit]
+    skipped: list[SkippedGroup]
+    input_shape: tuple
+    flops: int = 0                      # FLOPs of one forward pass on the example inputs
+    module_out_numel: dict = field(default_factory=dict)  # conv/linear module name -> output elements
+    trace_seconds: float = 0.0
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for group in self.skipped:
+            counts[group.reason] = counts.get(group.reason, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+    def format(self) -> str:
+        lines = [f"{len(self.units)} unit(s), {len(self.skipped)} skipped group(s) "
+                 f"(input {list(self.input_shape)}, traced in {self.trace_seconds:.2f} s)"]
+        for unit in self.units:
+            consumers = ", ".join(unit.consumer_names) if unit.consumer_names else "?"
+            extra = f" via {', '.join(unit.passthrough_names)}" if unit.passthrough else ""
+            acts = f"  [{', '.join(unit.activations)}]" if unit.activations else ""
+            lines.append(f"  unit {unit.name} ({unit.n_channels} ch){extra} -> {consumers}{acts}")
+        for group in self.skipped:
+            lines.append(f"  skip {group}")
+        return "\n".join(lines)
+
+
+def example_inputs_of(model: nn.Module, example_inputs=None):
+    """``example_inputs`` if given, else zeros of the model's ``example_input_size`` attribute."""
+    if example_inputs is not None:
+        return example_inputs
+    size = getattr(model, "example_input_size", None)
+    if size is None:
+        raise ValueError(
+            f"{type(model).__name__} needs example inputs to find its prunable units: pass "
+            "example_inputs=torch.randn(1, 3, 224, 224) (the shape your network takes)")
+    param = next(model.parameters(), None)
+    return torch.zeros(tuple(size), dtype=param.dtype if param is not None else torch.float32,
+                       device=param.device if param is not None else "cpu")
+
+
+def _input_shape(example_inputs) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return tuple(example_inputs.shape)
+    if isinstance(example_inputs, (list, tuple)):
+        return tuple(_input_shape(x) for x in example_inputs)
+    if isinstance(example_inputs, dict):
+        return tuple(sorted((k, _input_shape(v)) for k, v in example_inputs.items()))
+    return (type(example_inputs).__name__,)
+
+
+def _signature(model: nn.Module, example_inputs) -> tuple:
+    """What discovery depends on: the module tree, parameter shapes and the input shapes (not values)."""
+    modules = tuple((name, type(m).__name__, getattr(m, "groups", None)) for name, m in model.named_modules())
+    params = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    return modules, params, _input_shape(example_inputs)
+
+
+_CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _op_name(grad_fn) -> str:
+    return re.sub(r"\d+$", "", type(grad_fn).__name__) if grad_fn is not None else "?"
+
+
+def _idx(i) -> int:
+    return int(getattr(i, "idx", i))  # Torch-Pruning may wrap indices in _HybridIndex
+
+
+def discover(model: nn.Module, example_inputs=None, *, cache: bool = True) -> Discovery:
+    """Trace ``model`` on ``example_inputs`` and classify every Conv2d/Linear channel group.
+
+    ``example_inputs`` is a tensor (or a tuple of the forward's positional inputs); only its shape
+    matters. Raises ``ValueError`` when the tracer rejects the model or no unit is found.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    example_inputs = example_inputs_of(model, example_inputs)
+    key = _signature(model, example_inputs)
+    if cache and model in _CACHE and _CACHE[model][0] == key:
+        return _CACHE[model][1]
+    found = _discover(model, example_inputs)
+    if not found.units:
+        reasons = ", ".join(f"{n} {r}" for r, n in found.skipped_by_reason().items()) or "no Conv2d/Linear"
+        raise ValueError(f"{type(model).__name__} has no prunable unit (groups skipped: {reasons}); "
+                         "see lbyl_pl.discover(model, example_inputs).format() for each group's reason")
+    if cache:
+        _CACHE[model] = (key, found)
+    return found
+
+
+def discover_units(model: nn.Module, example_inputs=None) -> list[PrunableUnit]:
+    """The prunable units of ``model`` (see ``discover`` for the rules and the skipped groups)."""
+    return discover(model, example_inputs).units
+
+
+def _trace(model: nn.Module, example_inputs):
+    """Build the dependency graph; also count FLOPs and record conv/linear output sizes and calls."""
+    try:
+        import torch_pruning as tp
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("unit discovery needs Torch-Pruning: pip install torch-pruning") from err
+    calls: dict[nn.Module, int] = {}
+    out_numel: dict[nn.Module, int] = {}
+
+    def record(module, inputs, output):
+        calls[module] = calls.get(module, 0) + 1
+        if isinstance(output, torch.Tensor):
+            out_numel[module] = output.numel()
+
+    hooks = [m.register_forward_hook(record) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear, *BN_TYPES))]
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        # Tracing needs autograd; Lightning evaluates under inference_mode / no_grad.
+        with torch.inference_mode(False), torch.enable_grad(), FlopCounterMode(display=False) as flops:
+            # A bare tensor would first be tried as model(*tensor), i.e. unbatched: pass a tuple.
+            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
+    except (AssertionError, RuntimeError, TypeError, ValueError, ZeroDivisionError, KeyError, IndexError,
+            AttributeError, NotImplementedError) as err:
+        raise ValueError(f"the tracer (Torch-Pruning {getattr(tp, '__version__', '?')}) cannot handle "
+                         f"{type(model).__name__}: {type(err).__name__}: {str(err)[:200]}") from err
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module, mode in was_training.items():
+            module.training = mode
+    return tp, graph, int(flops.get_total_flops()), calls, out_numel
+
+
+def _discover(model: nn.Module, example_inputs) -> Discovery:
+    started = time.perf_counter()
+    tp, graph, flops, calls, out_numel = _trace(model, example_inputs)
+    names = {m: n for n, m in model.named_modules()}
+    order = {m: i for i, m in enumerate(names)}
+    units, skipped, coupled_with = [], [], {}
+    # One group per candidate producer (every traced Conv2d/Linear), built with the producer as its
+    # root: get_all_groups would fold e.g. an expansion conv into its depthwise conv's group.
+    for module in names:
+        if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in graph.module2node:
+            continue
+        if module in coupled_with:  # already seen as a co-producer of a coupled group
+            skipped.append(SkippedGroup(names[module], COUPLED, coupled_with[module]))
+            continue
+        if isinstance(module, nn.Conv2d) and module.groups != 1:
+            skipped.append(SkippedGroup(names[module], GROUPED, "depthwise" if module.groups == module.out_channels
+                                        else f"groups={module.groups}"))
+            continue
+        prune_out = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        try:
+            group = graph.get_pruning_group(module, prune_out, list(range(module.weight.shape[0])))
+        except Exception as err:  # the tracer's own index mapping failed on this group
+            skipped.append(SkippedGroup(names[module], UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160]))
+            continue
+        result = _classify(tp, graph, group, names, order, calls)
+        if isinstance(result, PrunableUnit):
+            units.append(result)
+        else:
+            skipped.append(result)
+            if result.reason == COUPLED:
+                for item in group:
+                    other = item.dep.target.module
+                    if other is not module and isinstance(other, (nn.Conv2d, nn.Linear)) and \
+                            graph.is_out_channel_pruning_fn(item.dep.handler):
+                        coupled_with[other] = f"with {names[module]} ..."
+    # depthwise convs carried by a unit are part of it, not skipped groups of their own
+    carried = {id(m) for u in units for m in u.passthrough}
+    skipped = [g for g in skipped if not (g.reason == GROUPED and id(model.get_submodule(g.name)) in carried)]
+    numel = {names[m]: v for m, v in out_numel.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and m in names}
+    return Discovery(units, skipped, _input_shape(example_inputs), flops, numel,
+                     time.perf_counter() - started)
+
+
+def _classify(tp, graph, group, names, order, calls):
+    root_node = group[0].dep.target
+    root = root_node.module
+    name = names.get(root, type(root).__name__)
+
+    def skip(reason, detail=""):
+        return SkippedGroup(name, reason, detail)
+
+    n = root.weight.shape[0]
+    bn_nodes, depthwise, consumers, producers, op_names = [], [], [], [], []
+    seen = set()
+    for item in group:
+        node = item.dep.target
+        module = node.module
+        if node in seen:
+            continue
+        seen.add(node)
+        if module is root:
+            continue
+        if isinstance(module, tp.ops._ConcatOp):
+            return skip(CONCAT, "its channels are concatenated with other tensors")
+        if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._SliceOp)):
+            return skip(SPLIT, "its channels are split or sliced")
+        if isinstance(module, tp.ops._OutputOp):
+            return skip(REACHES_OUTPUT, "its channels are part of the network's output")
+        if isinstance(module, tp.ops._ExpandOp):
+            return skip(NOT_CHANNELWISE, "expand")
+        if isinstance(module, BN_TYPES):
+            bn_nodes.append(node)
+        elif isinstance(module, nn.Conv2d) and node.type == tp.ops.OPTYPE.DEPTHWISE_CONV:
+            depthwise.append(node)
+        elif isinstance(module, (nn.Conv2d, nn.Linear)):
+            if graph.is_out_channel_pruning_fn(item.dep.handler):
+                producers.append(names.get(module, "?"))
+            elif isinstance(module, nn.Conv2d) and module.groups != 1:
+                return skip(GROUPED, f"read by {names.get(module, '?')} (groups={module.groups})")
+            else:
+                consumers.append((module, item.idxs))
+        elif isinstance(module, tp.ops._ElementWiseOp):
+            op_names.append(_op_name(node.grad_fn))
+        elif isinstance(module, tp.ops._ReshapeOp):
+            op_names.append("Flatten")
+        elif isinstance(module, OTHER_NORMS):
+            return skip(OTHER_NORM, f"{type(module).__name__} {names.get(module, '')}".strip())
+        else:
+            return skip(UNSUPPORTED, f"{type(module).__name__} {names.get(module, '')}".strip())
+    if producers:
+        how = "a product (e.g. squeeze-excitation)" if "MulBackward" in op_names else \
+            "a residual add" if "AddBackward" in op_names else "an element-wise op"
+        return skip(COUPLED, f"with {', '.join(producers[:3])}{' ...' if len(producers) > 3 else ''} across {how}")
+    if not consumers:
+        return skip(OUTPUT, "no Conv2d or Linear reads its channels")
+    activations = []
+    for op in op_names:
+        if op in ACTIVATIONS:
+            activations.append(ACTIVATIONS[op])
+        elif op not in NEUTRAL_OPS and op != "Flatten":
+            return skip(NOT_CHANNELWISE, op)
+    involved = [root, *(c for c, _ in consumers), *(b.module for b in bn_nodes), *(d.module for d in depthwise)]
+    reused = [names.get(m, "?") for m in involved if calls.get(m, 1) > 1]
+    if reused:
+        return skip(REUSED, f"{', '.join(reused[:3])} called more than once in a forward pass")
+
+    # BatchNorms: one directly after the producer, at most one directly after each depthwise conv.
+    def bn_after(node):
+        after = [b for b in bn_nodes if node in b.inputs]
+        return after[0] if len(after) == 1 else None
+
+    bn_node = bn_after(root_node)
+    if bn_node is not None and len(root_node.outputs) != 1:
+        return skip(BN_PLACEMENT, "the producer's output is also read before its BatchNorm")
+    passthrough, placed = [], {bn_node} - {None}
+    for node in depthwise:
+        dw = node.module
+        if not (dw.in_channels == dw.out_channels == dw.groups == n):
+            return skip(GROUPED, f"{names.get(dw, '?')} is not a one-to-one depthwise conv")
+        passthrough.append(dw)
+        after = bn_after(node)
+        if after is not None:
+            passthrough.append(after.module)
+            placed.add(after)
+    stray = [names.get(b.module, "?") for b in bn_nodes if b not in placed]
+    if stray:
+        return skip(BN_PLACEMENT, f"{', '.join(stray)} does not read a conv's output directly")
+
+    # Each consumer must read channel c through features [c*r, (c+1)*r) (r = 1 for convs).
+    features = []
+    for module, idxs in consumers:
+        width = module.weight.shape[1]
+        if width % n or len(idxs) != width or (isinstance(module, nn.Conv2d) and width != n):
+            return skip(MAPPING, f"{names.get(module, '?')} reads {len(idxs)} of {width} inputs for {n} channels")
+        features.append(width // n)
+    if n > 1:
+        probe = [1, n - 1]
+        prune_out = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
+        probe_group = graph.get_pruning_group(root, prune_out, probe)
+        got = {item.dep.target.module: sorted(_idx(i) for i in item.idxs) for item in probe_group
+               if graph.is_in_channel_pruning_fn(item.dep.handler)}
+        for (module, _), r in zip(consumers, features):
+            expected = [c * r + j for c in probe for j in range(r)]
+            if got.get(module) != expected:
+                return skip(MAPPING, f"{names.get(module, '?')} does not read the channels in order")
+
+    consumers_sorted = sorted(zip(consumers, features), key=lambda cf: order[cf[0][0]])
+    return PrunableUnit(
+        root, bn_node.module if bn_node is not None else None,
+        tuple(c for (c, _), _ in consumers_sorted), tuple(passthrough), name=name,
+        features_per_channel=tuple(r for _, r in consumers_sorted),
+        activations=tuple(dict.fromkeys(activations)),
+        consumer_names=tuple(names[c] for (c, _), _ in consumers_sorted),
+        passthrough_names=tuple(names[m] for m in passthrough))
