@@ -1,6 +1,7 @@
 """lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL) with PyTorch Lightning."""
 from .checkpoints import find_checkpoint, load_restored, load_weights, save_restored
 from .data import evaluate
+from .discovery import Discovery, SkippedGroup, discover, discover_units
 from .methods import METHODS
 from .models import ARCHITECTURES, build_model
 from .restoration import RestorationReport, prune_and_restore, restore_from_spec
@@ -9,6 +10,6 @@ from .units import PrunableUnit, prunable_units
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "CRITERIA", "METHODS", "PrunableUnit", "RestorationReport", "build_model",
-           "evaluate", "find_checkpoint", "load_restored", "load_weights", "prunable_units",
+__all__ = ["ARCHITECTURES", "CRITERIA", "Discovery", "METHODS", "PrunableUnit", "RestorationReport",
+           "SkippedGroup", "build_model", "discover", "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_weights", "prunable_units",
            "prune_and_restore", "restore_from_spec", "save_restored"]

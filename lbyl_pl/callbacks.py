@@ -1,9 +1,19 @@
-"""``RestoreCallback``: prune and restore the wrapped module's network without data, inside Lightning.
+"""``RestoreCallback``: prune and restore a network inside any LightningModule, without data.
+
+The network is a submodule of the LightningModule: ``module="backbone"`` names it (a dotted path),
+by default the only child module that holds parameters. It is replaced in place (``setattr`` on its
+parent) by the physically smaller restored network; nothing else of the LightningModule is touched,
+so its own steps, metrics and names keep working. Example inputs for tracing come from
+``example_inputs=``, else from Lightning's ``pl_module.example_input_array`` (the LightningModule is
+run on it once and the network's own input is recorded), else from the network's
+``example_input_size`` (built-in architectures).
 
 When fitting, surgery happens in ``setup`` (before the optimizer and the DDP wrapper are created, so
-both see the final parameters); when only validating, at ``on_validation_start``; never during the
-sanity check. Restoration is deterministic, and its spec is compared across ranks, so every rank
-holds the same network. The report (coefficient statistics, params/FLOPs) goes to the logger.
+both see the final parameters); when only validating or testing, at ``on_validation_start`` /
+``on_test_start``; never during the sanity check. A network that already carries a pruning spec is
+not restored again. Restoration is deterministic, and its spec is compared across ranks, so every
+rank holds the same network. The report (coefficient statistics, params/FLOPs) goes to the logger.
+Checkpoints carry the spec; ``load_restored_checkpoint`` reloads them into the pruned shapes.
 """
 from __future__ import annotations
 
@@ -14,10 +24,13 @@ from pytorch_lightning.utilities import rank_zero_only
 from .methods import METHODS
 from .methods.common import check_nonnegative, check_variant
 from .methods.lbyl import check_solver
-from .restoration import prune_and_restore
+from .checkpoints import read_checkpoint
+from .restoration import prune_and_restore, restore_from_spec
 from .selection import check_criterion, check_ratio
 
-__all__ = ["RestoreCallback", "INITS"]
+__all__ = ["RestoreCallback", "INITS", "load_restored_checkpoint"]
+
+CHECKPOINT_KEY = "lbyl_restore"  # {"module": path of the restored submodule, "spec": its pruning spec}
 
 INITS = ("restored", "scratch")
 
@@ -37,7 +50,8 @@ class RestoreCallback(Callback):
     def __init__(self, method: str = "lbyl", criterion: str = "l2-norm", ratio: float = 0.5,
                  variant: str = "paper", lambda1: float = 1e-6, lambda2: float = 1e-2,
                  threshold: float | None = None, nm_lambda: float = 0.85, init: str = "restored",
-                 seed: int = 0, solver: str = "shared"):
+                 seed: int = 0, solver: str = "shared", module: str | None = None, example_inputs=None,
+                 units: list[str] | None = None):
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
         if init not in INITS:
@@ -50,8 +64,11 @@ class RestoreCallback(Callback):
         if threshold is not None:
             check_nonnegative("threshold", threshold)
         check_solver(solver)
+        if module is not None and (not isinstance(module, str) or not module):
+            raise ValueError(f"module must be the dotted name of a submodule, got {module!r}")
         self.kwargs = dict(method=method, criterion=criterion, ratio=ratio, variant=variant, lambda1=lambda1,
-                           lambda2=lambda2, threshold=threshold, nm_lambda=nm_lambda)
+                           lambda2=lambda2, threshold=threshold, nm_lambda=nm_lambda, units=units)
+        self.module, self.example_inputs = module, example_inputs
         if method == "lbyl":  # the solver only exists for LBYL
             self.kwargs["solver"] = solver
         self.init, self.seed = init, seed
@@ -71,7 +88,10 @@ class RestoreCallback(Callback):
     on_test_start = on_validation_start
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["pruning_spec"] = getattr(pl_module.net, "lbyl_spec", None)
+        path, net = self._target(pl_module)
+        spec = getattr(net, "lbyl_spec", None)
+        checkpoint["pruning_spec"] = spec
+        checkpoint[CHECKPOINT_KEY] = {"module": path, "spec": spec}
 
     def state_dict(self):
         return {"spec": self.spec, "report": self.report.as_dict() if self.report else None,
@@ -82,25 +102,77 @@ class RestoreCallback(Callback):
 
     # -- work -----------------------------------------------------------------------------------
     def apply(self, pl_module) -> None:
-        """Restore ``pl_module.net`` now, outside a Trainer. Needed before ``ddp_spawn`` fitting: the
+        """Restore the network now, outside a Trainer. Needed before ``ddp_spawn`` fitting: the
         spawned workers restore in ``setup`` and send weights back, which must fit the main process's
         module."""
         self._restore(None, pl_module)
 
+    def _target(self, pl_module) -> tuple[str, torch.nn.Module]:
+        """(dotted path, module) of the network to restore inside ``pl_module``."""
+        if self.module is not None:
+            try:
+                return self.module, pl_module.get_submodule(self.module)
+            except AttributeError:
+                children = [name for name, _ in pl_module.named_children()]
+                raise ValueError(f"{type(pl_module).__name__} has no submodule {self.module!r}; "
+                                 f"its children are {children}") from None
+        candidates = [name for name, child in pl_module.named_children()
+                      if next(child.parameters(), None) is not None]
+        if len(candidates) != 1:
+            raise ValueError(f"RestoreCallback(module=...) must name the network to restore: "
+                             f"{type(pl_module).__name__} has {len(candidates)} child modules with parameters "
+                             f"({', '.join(candidates) or 'none'})")
+        return candidates[0], getattr(pl_module, candidates[0])
+
+    def _example_inputs(self, pl_module, net):
+        if self.example_inputs is not None:
+            return self.example_inputs
+        example = getattr(pl_module, "example_input_array", None)
+        if example is None:
+            return None  # the network's own example_input_size, or discovery's clear error
+        if net is pl_module:
+            return example
+        captured = []
+        hook = net.register_forward_pre_hook(lambda module, args: captured.append(args))
+        device = next(pl_module.parameters()).device
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with torch.no_grad():
+                moved = example.to(device) if isinstance(example, torch.Tensor) else example
+                pl_module(*moved) if isinstance(moved, tuple) else pl_module(moved)
+        finally:
+            hook.remove()
+            pl_module.train(was_training)
+        if not captured:
+            raise ValueError(f"{type(pl_module).__name__}.example_input_array does not reach the network "
+                             f"{self.module!r}; pass RestoreCallback(example_inputs=...)")
+        args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in captured[0])
+        return args[0] if len(args) == 1 else args
+
     def _restore(self, trainer, pl_module):
-        if getattr(pl_module.net, "lbyl_spec", None) is not None:
-            self.spec = pl_module.net.lbyl_spec  # already restored (e.g. validate before fit)
+        path, net = self._target(pl_module)
+        if getattr(net, "lbyl_spec", None) is not None:
+            self.spec = net.lbyl_spec  # already restored (e.g. validate before fit)
             return
-        device = next(pl_module.net.parameters()).device
-        was_training = pl_module.net.training
+        device = next(net.parameters()).device
+        was_training = net.training
+        channels_last = any(p.dim() == 4 and not p.is_contiguous() and
+                            p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters())
+        example_inputs = self._example_inputs(pl_module, net)
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = example_inputs.cpu()
         # Validation runs under inference_mode; parameters made there could never be trained later.
         with torch.inference_mode(False):
-            restored, report = prune_and_restore(pl_module.net.cpu(), **self.kwargs)
+            restored, report = prune_and_restore(net.cpu(), **self.kwargs, example_inputs=example_inputs)
             if self.init == "scratch":
                 reinitialize(restored, self.seed)
                 restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")
         restored.train(was_training)
-        pl_module.set_net(restored.to(device))
+        restored = restored.to(device)
+        if channels_last:  # index-selected weights lose the memory format the network had
+            restored = restored.to(memory_format=torch.channels_last)
+        _replace(pl_module, path, restored)
         self.report, self.spec = report, restored.lbyl_spec
         if trainer is not None:
             self._check_same_on_all_ranks(trainer)
@@ -124,3 +196,30 @@ class RestoreCallback(Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
                 experiment.add_text("restore/report", "```\n" + report.format() + "\n```", 0)
+
+
+def _replace(root: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
+    parent_name, _, child = path.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def load_restored_checkpoint(module, path, **init_kwargs):
+    """Load a checkpoint written while fitting with ``RestoreCallback`` into the pruned shapes.
+
+    ``module`` is the LightningModule class (built as ``cls(**checkpoint hyper-parameters,
+    **init_kwargs)``, as ``load_from_checkpoint`` does) or an instance holding the *unpruned* network.
+    The restored submodule is rebuilt from the stored spec, then the weights are loaded
+    (``weights_only=True``). Returns the module.
+    """
+    checkpoint = read_checkpoint(path)
+    entry = checkpoint.get(CHECKPOINT_KEY)
+    if not isinstance(entry, dict) or entry.get("spec") is None:
+        raise ValueError(f"checkpoint {path} was not written with a RestoreCallback (no {CHECKPOINT_KEY!r} entry)")
+    if isinstance(module, type):
+        module = module(**{**(checkpoint.get("hyper_parameters") or {}), **init_kwargs})
+    net = module.get_submodule(entry["module"])
+    if getattr(net, "lbyl_spec", None) != entry["spec"]:
+        _replace(module, entry["module"], restore_from_spec(net, entry["spec"]))
+    module.load_state_dict(checkpoint["state_dict"])
+    return module

@@ -46,7 +46,10 @@ def _yaml_error(err: yaml.YAMLError) -> str:
 DEFAULTS: dict = {
     "seed": 0,
     "output_dir": "runs/default",
-    "model": {"arch": "lenet300", "num_classes": None, "checkpoint": None, "checkpoint_dir": None},
+    # arch: a built-in name or torchvision/<name>; input_size: pixels of the example input torchvision
+    # models are traced and counted on (default 224)
+    "model": {"arch": "lenet300", "num_classes": None, "input_size": None, "checkpoint": None,
+              "checkpoint_dir": None},
     "data": {
         "name": "fashion_mnist",  # fashion_mnist | cifar10_npz | cifar10 | cifar100 | imagenet | synthetic
         "root": None,             # default: $LBYL_DATA

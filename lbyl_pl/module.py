@@ -32,10 +32,11 @@ class ClassifierModule(pl.LightningModule):
     """
 
     def __init__(self, arch: str, num_classes: int | None = None, optim: dict | None = None,
-                 channels_last: bool = False, pruning_spec: dict | None = None, eval_precision: str = "32"):
+                 channels_last: bool = False, pruning_spec: dict | None = None, eval_precision: str = "32",
+                 input_size: int | None = None):
         super().__init__()
         self.save_hyperparameters()
-        self.net = build_model(arch, num_classes)
+        self.net = build_model(arch, num_classes, input_size)
         if pruning_spec is not None:
             self.net = restore_from_spec(self.net, pruning_spec)
         self.optim = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
@@ -141,4 +142,5 @@ class ClassifierModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint):
         spec = checkpoint.get("pruning_spec")
         if spec is not None and getattr(self.net, "lbyl_spec", None) != spec:
-            self.set_net(restore_from_spec(build_model(self.hparams.arch, self.hparams.num_classes), spec))
+            self.set_net(restore_from_spec(build_model(self.hparams.arch, self.hparams.num_classes,
+                                                       self.hparams.get("input_size")), spec))

@@ -66,16 +66,29 @@ def _slice_bn(bn: nn.Module, kept: torch.Tensor) -> None:
         bn.running_var = bn.running_var[kept].clone()
 
 
-def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features: int) -> torch.Tensor:
+def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features: int,
+                          kept: torch.Tensor) -> torch.Tensor:
     """``U'[o, j, ...] = sum_i U[o, i, ...] S[i, j]``, computed in float64.
 
     A Linear after a flatten reads channel ``i`` through inputs ``[i*r, (i+1)*r)`` (``features = r``):
-    the same ``S`` acts on each of those ``r`` positions.
+    the same ``S`` acts on each of those ``r`` positions. Rows of ``S`` that are a kept channel's unit
+    vector only select a column, so only the pruned rows that deliver something are multiplied
+    (plain pruning is a pure selection; NM delivers to one column per pruned row).
     """
-    w = weight.detach().to(torch.float64)
+    w = weight.detach()
     if features > 1:
         w = w.reshape(w.shape[0], -1, features)
-    out = torch.einsum("oi...,ij->oj...", w, delivery.to(weight.device))
+    delivery = delivery.to(weight.device)
+    columns = kept.to(weight.device)
+    if torch.equal(delivery[columns], torch.eye(len(columns), dtype=delivery.dtype, device=delivery.device)):
+        rest = delivery.clone()
+        rest[columns] = 0.0
+        rows = torch.nonzero(rest.abs().sum(dim=1)).flatten()
+        out = w.index_select(1, columns).to(torch.float64)
+        if len(rows):
+            out += torch.einsum("oi...,ij->oj...", w.index_select(1, rows).to(torch.float64), rest[rows])
+    else:
+        out = torch.einsum("oi...,ij->oj...", w.to(torch.float64), delivery)
     if features > 1:
         out = out.reshape(out.shape[0], -1)
     return out.to(weight.dtype)
@@ -85,7 +98,7 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
     """Return a pruned deep copy of ``model`` (which is left untouched)."""
     names = {id(m): n for n, m in model.named_modules()}
     out_kept: dict[str, torch.Tensor] = {}
-    in_delivery: dict[str, tuple[torch.Tensor, int]] = {}
+    in_delivery: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
     bn_kept: dict[str, torch.Tensor] = {}
     for plan in plans:
         kept = torch.as_tensor(plan.kept, dtype=torch.long)
@@ -103,7 +116,7 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
             if consumer in in_delivery:
                 raise ValueError(f"module {consumer!r} is the consumer of two units")
             # every consumer of the unit receives the same delivery matrix
-            in_delivery[consumer] = (plan.delivery, features)
+            in_delivery[consumer] = (plan.delivery, features, kept)
 
     pruned = copy.deepcopy(model)
     for name in sorted(set(out_kept) | set(in_delivery)):

@@ -96,7 +96,7 @@ def load_network(config: dict, required: bool = True) -> torch.nn.Module:
     ``model.checkpoint: random`` (or null when not ``required``) keeps random initial weights.
     """
     m = config["model"]
-    net = build_model(m["arch"], m["num_classes"])
+    net = build_model(m["arch"], m["num_classes"], m["input_size"])
     checkpoint = m["checkpoint"]
     if checkpoint in (None, "random"):
         if checkpoint is None and required:

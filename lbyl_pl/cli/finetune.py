@@ -36,7 +36,7 @@ def main(argv=None) -> int:
     net = load_network(config, required=f["init"] == "restored")
     m = config["model"]
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
-                              eval_precision=str(config["trainer"]["eval_precision"]))
+                              eval_precision=str(config["trainer"]["eval_precision"]), input_size=m["input_size"])
     module.set_net(net)
     hp = hyperparameters(config, f["criterion"], float(f["ratio"]))
     restore = RestoreCallback(f["method"], f["criterion"], float(f["ratio"]), config["restore"]["variant"],

@@ -59,7 +59,7 @@ def selected_hparams(rows: list[dict]) -> dict:
 def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
     m = config["model"]
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
-                              eval_precision=str(config["trainer"]["eval_precision"]))
+                              eval_precision=str(config["trainer"]["eval_precision"]), input_size=m["input_size"])
     module.set_net(copy.deepcopy(net))
     trainer = build_trainer(config, out, callbacks=[callback] if callback else [], logger=False)
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]

@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     out = start_run(config)
     seed_everything(config["seed"], workers=True)
     m, t = config["model"], config["train"]
-    net = build_model(m["arch"], m["num_classes"])
+    net = build_model(m["arch"], m["num_classes"], m["input_size"])
     if t["spec"]:
         spec = read_checkpoint(t["spec"]).get("pruning_spec")
         if spec is None:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
         net, _ = prune_and_restore(net, "prune", "random_3", float(t["ratio"]))
     reinitialize(net, config["seed"])
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
-                              eval_precision=str(config["trainer"]["eval_precision"]))
+                              eval_precision=str(config["trainer"]["eval_precision"]), input_size=m["input_size"])
     module.set_net(net)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     checkpoints = last_checkpoint(out)
