@@ -1,5 +1,7 @@
 """lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL) with PyTorch Lightning."""
+from .callbacks import RestoreCallback, load_restored_checkpoint
 from .checkpoints import find_checkpoint, load_restored, load_weights, save_restored
+from .checks import UnitCheck, check_units
 from .data import evaluate
 from .discovery import Discovery, SkippedGroup, discover, discover_units
 from .methods import METHODS
@@ -11,5 +13,6 @@ from .units import PrunableUnit, prunable_units
 __version__ = "0.1.0"
 
 __all__ = ["ARCHITECTURES", "CRITERIA", "Discovery", "METHODS", "PrunableUnit", "RestorationReport",
-           "SkippedGroup", "build_model", "discover", "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_weights", "prunable_units",
-           "prune_and_restore", "restore_from_spec", "save_restored"]
+           "RestoreCallback", "SkippedGroup", "UnitCheck", "build_model", "check_units", "discover",
+           "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_restored_checkpoint",
+           "load_weights", "prunable_units", "prune_and_restore", "restore_from_spec", "save_restored"]

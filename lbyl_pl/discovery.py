@@ -176,7 +176,8 @@ def discover_units(model: nn.Module, example_inputs=None) -> list[PrunableUnit]:
 
 
 def _trace(model: nn.Module, example_inputs):
-    """Build the dependency graph; also count FLOPs and record conv/linear output sizes and calls."""
+    """Build the dependency graph; also count FLOPs and record conv/linear output sizes and calls
+    (one forward pass for all three)."""
     try:
         import torch_pruning as tp
     except ImportError as err:  # pragma: no cover - a declared dependency
@@ -184,7 +185,7 @@ def _trace(model: nn.Module, example_inputs):
     calls: dict[nn.Module, int] = {}
     out_numel: dict[nn.Module, int] = {}
 
-    def record(module, inputs, output):
+    def record(module, args, output):
         calls[module] = calls.get(module, 0) + 1
         if isinstance(output, torch.Tensor):
             out_numel[module] = output.numel()
@@ -196,7 +197,7 @@ def _trace(model: nn.Module, example_inputs):
         # Tracing needs autograd; Lightning evaluates under inference_mode / no_grad.
         with torch.inference_mode(False), torch.enable_grad(), FlopCounterMode(display=False) as flops:
             # A bare tensor would first be tried as model(*tensor), i.e. unbatched: pass a tuple.
-            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else example_inputs
+            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
     except (AssertionError, RuntimeError, TypeError, ValueError, ZeroDivisionError, KeyError, IndexError,
             AttributeError, NotImplementedError) as err:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -47,6 +48,9 @@ class RestorationReport:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
+    # wall time of this call by stage: trace (0 when discovery was cached), solve (selection and
+    # restoration), surgery, count (params and FLOPs)
+    seconds: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -160,11 +164,20 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     hparams = _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver)
+    clock = [time.perf_counter()]
+    seconds = {}
+
+    def lap(stage):
+        now = time.perf_counter()
+        seconds[stage] = seconds.get(stage, 0.0) + now - clock[0]
+        clock[0] = now
+
     found = None
     if getattr(model, "prunable_units", None) is None:
         example_inputs = example_inputs_of(model, example_inputs)
         found = discover(model, example_inputs)
     units = prunable_units(model, example_inputs, units)
+    lap("trace")
     iterator = units
     if progress:
         from tqdm.auto import tqdm
@@ -189,7 +202,9 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
             stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \
                 if pruned_rows.numel() else (0.0, 0.0, 0.0)
             unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), *stats))
+        lap("solve")
         restored = apply_plans(model, plans)
+        lap("surgery")
 
     spec = {
         "format": SPEC_FORMAT,
@@ -210,6 +225,8 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
         count_params(model), count_params(restored),
         found.flops if found is not None else count_flops(model, example_inputs),
         pruned_flops(found, model, restored) if found is not None else count_flops(restored, example_inputs))
+    lap("count")
+    report.seconds = seconds
     return restored, report
 
 

@@ -12,6 +12,8 @@ import math
 
 import torch
 
+from .units import all_finite
+
 __all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores"]
 
 CRITERIA = ("l1-norm", "l2-norm", "l2-GM", "random_1", "random_2", "random_3")
@@ -93,7 +95,7 @@ def select_kept(weight: torch.Tensor, criterion: str, n_keep: int) -> list[int]:
     n = weight.shape[0]
     if not 1 <= n_keep <= n:
         raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
-    if not torch.isfinite(weight).all():
+    if not all_finite(weight):
         raise ValueError("weights contain NaN or Inf; cannot rank filters")
     scores = criterion_scores(weight, criterion)
     order = torch.sort(-scores, stable=True).indices  # descending score, lower index first on ties

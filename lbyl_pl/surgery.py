@@ -49,9 +49,12 @@ def _resize(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) 
         module.out_features, module.in_features = weight.shape
     else:  # pragma: no cover - units only hold Conv2d/Linear layers
         raise TypeError(f"cannot resize a {type(module).__name__}")
+    # The copy shares the original's tensors until here (apply_plans): never keep one of them.
+    if weight.data_ptr() == module.weight.data_ptr():
+        weight = weight.clone()
     module.weight = nn.Parameter(weight.contiguous(), requires_grad=module.weight.requires_grad)
     if bias is not None:
-        module.bias = nn.Parameter(bias.contiguous(), requires_grad=module.bias.requires_grad)
+        module.bias = nn.Parameter(bias.clone().contiguous(), requires_grad=module.bias.requires_grad)
 
 
 def _slice_bn(bn: nn.Module, kept: torch.Tensor) -> None:
@@ -64,6 +67,13 @@ def _slice_bn(bn: nn.Module, kept: torch.Tensor) -> None:
     if bn.running_mean is not None:
         bn.running_mean = bn.running_mean[kept].clone()
         bn.running_var = bn.running_var[kept].clone()
+
+
+def _deliver(w: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
+    """``einsum("oi...,ij->oj...", w, S)`` as one matrix product (input channels last, then back)."""
+    moved = w.movedim(1, -1)
+    out = (moved.reshape(-1, moved.shape[-1]) @ S).reshape(*moved.shape[:-1], S.shape[1])
+    return out.movedim(-1, 1)
 
 
 def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features: int,
@@ -86,9 +96,9 @@ def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features
         rows = torch.nonzero(rest.abs().sum(dim=1)).flatten()
         out = w.index_select(1, columns).to(torch.float64)
         if len(rows):
-            out += torch.einsum("oi...,ij->oj...", w.index_select(1, rows).to(torch.float64), rest[rows])
+            out += _deliver(w.index_select(1, rows).to(torch.float64), rest[rows])
     else:
-        out = torch.einsum("oi...,ij->oj...", w.to(torch.float64), delivery)
+        out = _deliver(w.to(torch.float64), delivery)
     if features > 1:
         out = out.reshape(out.shape[0], -1)
     return out.to(weight.dtype)
@@ -118,7 +128,17 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
             # every consumer of the unit receives the same delivery matrix
             in_delivery[consumer] = (plan.delivery, features, kept)
 
-    pruned = copy.deepcopy(model)
+    # The weights and statistics of every resized module are replaced below, never written into:
+    # the copy may start by sharing them with the original instead of copying them first.
+    # A tensor also held by a module that is not resized (tied weights) is copied as usual.
+    resized = {id(model.get_submodule(n)) for n in set(out_kept) | set(in_delivery) | set(bn_kept)}
+    holders: dict[int, list] = {}
+    for module in model.modules():
+        for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+            holders.setdefault(id(t), []).append((module, t))
+    memo = {key: pairs[0][1] for key, pairs in holders.items()
+            if all(id(m) in resized for m, _ in pairs) and pairs[0][1].dim() > 0}
+    pruned = copy.deepcopy(model, memo)
     for name in sorted(set(out_kept) | set(in_delivery)):
         module = pruned.get_submodule(name)
         weight = module.weight.detach()

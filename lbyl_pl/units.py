@@ -87,6 +87,13 @@ class UnitTensors:
         return self.gamma is not None
 
 
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No NaN or Inf in ``tensor``. A float64 sum is NaN or Inf exactly when an element is (it cannot
+    overflow for values of float32 range), so the elementwise test runs only to confirm a hit."""
+    total = tensor.sum(dtype=torch.float64)
+    return bool(torch.isfinite(total)) or bool(torch.isfinite(tensor).all())
+
+
 def module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
@@ -154,7 +161,7 @@ def unit_tensors(unit: PrunableUnit) -> UnitTensors:
     bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else None
     if bias is not None and unit.bn is None:
         weight = torch.cat([weight, bias[:, None]], dim=1)
-    if not torch.isfinite(weight).all():
+    if not all_finite(weight):
         raise ValueError(f"layer {unit.name!r} has NaN or Inf weights; refusing to restore")
     if unit.bn is None:
         return UnitTensors(weight)
@@ -170,6 +177,6 @@ def unit_tensors(unit: PrunableUnit) -> UnitTensors:
         mean = mean - bias
     tensors = UnitTensors(weight, gamma, beta, mean, bn.running_var.detach().double(), float(bn.eps))
     for label in ("gamma", "beta", "mean", "var"):
-        if not torch.isfinite(getattr(tensors, label)).all():
+        if not all_finite(getattr(tensors, label)):
             raise ValueError(f"BatchNorm after {unit.name!r} has NaN or Inf in its {label}")
     return tensors
