@@ -425,3 +425,28 @@ def test_restore_hyperparameter_grid_selects_best_and_writes_reusable_config(tmp
     assert rows_again["lbyl"]["acc1"] == rows["lbyl"]["acc1"]
     assert rows_again["merge"]["acc1"] == rows["merge"]["acc1"]
     assert not (again / "grid.csv").exists()
+
+
+def test_restore_torchvision_model_by_name_from_an_official_state_dict(tmp_path):
+    """model.arch: torchvision/<name>; model.checkpoint a plain torchvision state dict."""
+    net = build_model("torchvision/resnet18", num_classes=10, input_size=32)
+    state = tmp_path / "resnet18-official.pth"
+    torch.save(net.state_dict(), state)  # torchvision's own key names
+    out = tmp_path / "run"
+    rc = restore.cli(tiny_args(out, "model.arch=torchvision/resnet18", "model.input_size=32",
+                               f"model.checkpoint={state}", "restore.save_checkpoints=true"))
+    assert rc == 0
+    results = check_restore_outputs(out, ["lbyl", "merge", "prune"], ["l2-norm"], [0.3])
+    saved = load_restored(out / "restored" / "lbyl_l2-norm_r0.3.pth")
+    assert saved.lbyl_arch == {"name": "torchvision/resnet18", "num_classes": 10, "input_size": 32}
+    assert sum(p.numel() for p in saved.parameters()) == results["rows"][0]["params"]
+
+
+def test_finetune_epoch0_is_evaluated_in_fp32_under_bf16_training(tmp_path):
+    """trainer.eval_precision=32 (the default): epoch 0 of a bf16-mixed run equals the fp32 table."""
+    table, tuned = tmp_path / "table", tmp_path / "tuned"
+    assert restore.cli(tiny_args(table, "restore.methods=[lbyl]", "restore.ratios=[0.5]")) == 0
+    assert finetune.cli(tiny_args(tuned, "trainer.precision=bf16-mixed", "--epochs", "1")) == 0
+    fp32 = json.loads((table / "results.json").read_text())["rows"][0]["acc1"]
+    before = json.loads((tuned / "finetune.json").read_text())["before_acc1"]
+    assert before == pytest.approx(fp32, abs=1e-4)  # results.json rounds to 4 decimals

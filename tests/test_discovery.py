@@ -336,3 +336,17 @@ def test_zoo_models_that_cannot_be_restored_say_why(name):
     model = build_model(f"torchvision/{name}", input_size=64)
     with pytest.raises(ValueError, match=r"has no prunable unit|cannot handle"):
         prune_and_restore(model, "lbyl", "l2-norm", 0.3)
+
+
+def test_restored_network_shares_no_tensor_with_the_original():
+    """Surgery starts its copy by sharing the tensors it replaces; none may survive into the result."""
+    model = randomized(FlattenNet())
+    x = torch.randn(2, 3, 8, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    restored, _ = prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=x)
+    original_ptrs = {t.data_ptr() for t in model.state_dict().values()}
+    assert not original_ptrs & {t.data_ptr() for t in restored.state_dict().values() if t.numel()}
+    with torch.no_grad():
+        for p in restored.parameters():
+            p.add_(1.0)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

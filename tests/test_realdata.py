@@ -95,3 +95,31 @@ def test_resnet56_original_on_lossless_subset():
     dataset = ArrayImageDataset(images, labels, *NORMALIZATION["cifar10"])
     model = load_weights(build_model("resnet56"), path).eval()
     assert top1(model, dataset) == pytest.approx(93.1, abs=TOL)
+
+
+def committed_rows(path: str, method: str, criterion: str = "l2-norm") -> list[dict]:
+    import csv
+    with open(Path(__file__).parent.parent / path) as f:
+        return [r for r in csv.DictReader(f) if r["method"] == method and r["criterion"] == criterion]
+
+
+@pytest.mark.parametrize("arch, checkpoint, split, table", [
+    ("vgg16_bn", "vgg16_cifar10.pth", "test", "results/vgg16_cifar10/paper_norms/table.csv"),
+    ("resnet56", RESNET56_CKPT, "lossless_test", "results/resnet56_cifar10/lossless_test/table.csv"),
+])
+def test_restoring_through_discovery_gives_the_committed_lbyl_table(arch, checkpoint, split, table):
+    """Units now come from the traced graph: every committed LBYL value, params and FLOPs are unchanged."""
+    path = checkpoint_or_skip(checkpoint)
+    npz = "cifar10_lossless_subset.npz" if split == "lossless_test" else "cifar10_test.npz"
+    if not os.environ.get("LBYL_DATA") or not (data_dir() / npz).is_file():
+        pytest.skip(f"{npz} not found; set LBYL_DATA")
+    images, labels = load_cifar10_npz(None, split)
+    dataset = ArrayImageDataset(images, labels, *NORMALIZATION["cifar10"])
+    model = load_weights(build_model(arch), path).eval()
+    rows = committed_rows(table, "lbyl")
+    assert len(rows) == 5
+    for row in rows:
+        restored, report = prune_and_restore(model, "lbyl", "l2-norm", float(row["ratio"]),
+                                             lambda1=float(row["lambda1"]), lambda2=float(row["lambda2"]))
+        assert (report.params_after, report.flops_after) == (int(row["params"]), int(row["flops"]))
+        assert top1(restored.eval(), dataset) == pytest.approx(float(row["acc1"]), abs=0.005), row["ratio"]
