@@ -175,6 +175,15 @@ def discover_units(model: nn.Module, example_inputs=None) -> list[PrunableUnit]:
     return discover(model, example_inputs).units
 
 
+def _tp_version() -> str:
+    """The installed Torch-Pruning release (its ``__version__`` says 1.6.0 in release 1.6.1)."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("torch-pruning")
+    except PackageNotFoundError:  # pragma: no cover
+        return "?"
+
+
 def _trace(model: nn.Module, example_inputs):
     """Build the dependency graph; also count FLOPs and record conv/linear output sizes and calls
     (one forward pass for all three)."""
@@ -201,7 +210,7 @@ def _trace(model: nn.Module, example_inputs):
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
     except (AssertionError, RuntimeError, TypeError, ValueError, ZeroDivisionError, KeyError, IndexError,
             AttributeError, NotImplementedError) as err:
-        raise ValueError(f"the tracer (Torch-Pruning {getattr(tp, '__version__', '?')}) cannot handle "
+        raise ValueError(f"the tracer (Torch-Pruning {_tp_version()}) cannot handle "
                          f"{type(model).__name__}: {type(err).__name__}: {str(err)[:200]}") from err
     finally:
         for hook in hooks:

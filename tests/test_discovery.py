@@ -310,8 +310,9 @@ def test_discovery_is_cached_and_leaves_the_model_as_it_was():
 # -- the torchvision zoo (random weights, randomised BN, small inputs) ----------------------------------
 ZOO = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0",
        "regnet_y_400mf", "googlenet", "densenet121", "squeezenet1_1",
-       # their 25088 -> 4096 classifier layers make the NM/LBYL solves take tens of seconds
-       pytest.param("vgg11_bn", marks=pytest.mark.slow), pytest.param("vgg16_bn", marks=pytest.mark.slow)]
+       # its 25088 -> 4096 classifier layer makes the NM/LBYL solves take tens of seconds; vgg16_bn has the
+       # same structure (benchmarks/zoo.py restores it)
+       pytest.param("vgg11_bn", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name", ZOO)
