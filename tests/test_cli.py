@@ -172,6 +172,9 @@ def test_report_over_two_runs(finetune_runs, tmp_path, capsys):
     for name in ("table.md", "table.csv", "report.json", "curves.png", "curves.csv"):
         assert (out / name).is_file(), name
     assert (out / "curves.png").read_bytes()[:8] == PNG_MAGIC
+    for run in ("lbyl", "scratch"):  # each run's resolved config is committed beside the table
+        copied = out / "configs" / f"{finetune_runs[run].parent.name}_{finetune_runs[run].name}.yaml"
+        assert copied.read_text() == (finetune_runs[run] / "config.yaml").read_text()
     data = json.loads((out / "report.json").read_text())
     rows = {r["label"]: r for r in data["rows"]}
     assert set(rows) == {"LBYL", "Scratch"}

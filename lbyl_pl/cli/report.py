@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="report.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", help="finetune.py run directories (or their parent)")
-    parser.add_argument("--output-dir", required=True, help="where table.md/csv, curves.csv/png, report.json go")
+    parser.add_argument("--output-dir", required=True,
+                        help="where table.md/csv, curves.csv/png, report.json and configs/ (each run's "
+                             "resolved config.yaml) go")
     parser.add_argument("--title", default="Fine-tuning after data-free restoration")
     args = parser.parse_intermixed_args(argv)  # run directories may follow options
     out = prepare_output_dir(args.output_dir)
@@ -75,6 +77,10 @@ def main(argv=None) -> int:
                      "before": round(curve.get(0, float("nan")), 2), "after": round(curve[last_epoch], 2),
                      "best": round(max(curve.values()), 2)})
         curves[f"{label} (r={info['ratio']})"] = curve
+        config = run_dir / "config.yaml"
+        if config.is_file():  # the resolved config of every run, beside the table it produced
+            (out / "configs").mkdir(exist_ok=True)
+            write_text_atomic(out / "configs" / f"{run_dir.parent.name}_{run_dir.name}.yaml", config.read_text())
     lines = [f"# {args.title}", "", f"| run | ratio | criterion | epochs | before → after | {BEST_LABEL} |",
              "|---|---|---|---|---|---|"]
     for r in rows:
