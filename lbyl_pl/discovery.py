@@ -63,6 +63,8 @@ NEUTRAL_OPS = {
     "ConstantPadNdBackward", "ReflectionPad2DBackward", "ReplicationPad2DBackward",
     "TBackward",  # a Linear consumer's own weight transpose (the consumer mapping check still applies)
 }
+RESHAPES = {"Flatten", "ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "FlattenBackward",
+            "AliasBackward", "TBackward"}
 OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
 
 
@@ -355,7 +357,10 @@ def _classify(tp, graph, group, names, order, calls):
         if width % n or len(idxs) != width or (isinstance(module, nn.Conv2d) and width != n):
             return skip(MAPPING, f"{names.get(module, '?')} reads {len(idxs)} of {width} inputs for {n} channels")
         features.append(width // n)
-    if n > 1:
+    # Only a reshape can move channels among the whitelisted ops (a permute, transpose or index op is
+    # "not channel-wise" above): without one, every consumer reads channel c at input c.
+    reshaped = any(op in RESHAPES for op in op_names) or any(r != 1 for r in features)
+    if n > 1 and reshaped:
         probe = [1, n - 1]
         prune_out = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
         probe_group = graph.get_pruning_group(root, prune_out, probe)

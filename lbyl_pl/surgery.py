@@ -94,9 +94,11 @@ def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features
         rest = delivery.clone()
         rest[columns] = 0.0
         rows = torch.nonzero(rest.abs().sum(dim=1)).flatten()
+        if not len(rows):  # a pure selection (plain pruning): no arithmetic, no float64 round trip
+            out = w.index_select(1, columns)
+            return out.reshape(out.shape[0], -1) if features > 1 else out
         out = w.index_select(1, columns).to(torch.float64)
-        if len(rows):
-            out += _deliver(w.index_select(1, rows).to(torch.float64), rest[rows])
+        out += _deliver(w.index_select(1, rows).to(torch.float64), rest[rows])
     else:
         out = _deliver(w.to(torch.float64), delivery)
     if features > 1:
