@@ -30,6 +30,15 @@ def _fixed_seeds():
     yield
 
 
+@pytest.fixture
+def all_threads():
+    """For the few heavy tests (real-data evaluations, 100M-parameter zoo models): as many torch threads as
+    OMP_NUM_THREADS allows (CI sets 2), one again afterwards. The tiny-net tests stay on one thread."""
+    torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
+    yield
+    torch.set_num_threads(1)
+
+
 def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give every BatchNorm non-trivial gamma, beta, running mean and running var (in place)."""
     g = torch.Generator().manual_seed(seed)

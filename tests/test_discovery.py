@@ -316,7 +316,7 @@ ZOO = ["resnet18", "resnet50", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_
 
 
 @pytest.mark.parametrize("name", ZOO)
-def test_zoo_models_restore_smaller_and_prune_equals_zeroing(name):
+def test_zoo_models_restore_smaller_and_prune_equals_zeroing(name, all_threads):
     torch.manual_seed(0)
     model = randomized(build_model(f"torchvision/{name}", num_classes=10, input_size=64))
     x = torch.randn(2, 3, 64, 64)
