@@ -453,3 +453,16 @@ def test_finetune_epoch0_is_evaluated_in_fp32_under_bf16_training(tmp_path):
     fp32 = json.loads((table / "results.json").read_text())["rows"][0]["acc1"]
     before = json.loads((tuned / "finetune.json").read_text())["before_acc1"]
     assert before == pytest.approx(fp32, abs=1e-4)  # results.json rounds to 4 decimals
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(monkeypatch, capsys):
+    from lbyl_pl.cli import common
+    config = {"trainer": {"accelerator": "cpu", "precision": "bf16-mixed"}}
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: False)
+    common.warn_slow_bf16(config)
+    err = capsys.readouterr().err
+    assert "bf16 is emulated" in err and "use trainer.precision=32-true" in err
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    common.warn_slow_bf16(config)
+    common.warn_slow_bf16({"trainer": {"accelerator": "cpu", "precision": "32-true"}})
+    assert capsys.readouterr().err == ""
