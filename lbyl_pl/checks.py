@@ -65,11 +65,10 @@ def check_units(model: nn.Module, example_inputs=None, *, units=None, rtol: floa
             kept = sorted(torch.randperm(n, generator=generator)[: n - n // 2].tolist())
             dropped = sorted(set(range(n)) - set(kept))
             zeroed = copy.deepcopy(model)
-            names = {id(m): name for name, m in model.named_modules()}
             with torch.no_grad():
-                for consumer, r in zip(unit.consumers, unit.features_per_channel):
+                for consumer, r in zip(unit.consumer_names, unit.features_per_channel):
                     columns = [c * r + j for c in dropped for j in range(r)]
-                    zeroed.get_submodule(names[id(consumer)]).weight[:, columns] = 0.0
+                    zeroed.get_submodule(consumer).weight[:, columns] = 0.0
                 try:
                     pruned = apply_plans(model, [UnitPlan(unit, kept, selection_matrix(n, kept))])
                     got, expected = _outputs(pruned, x), _outputs(zeroed, x)

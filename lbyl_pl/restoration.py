@@ -210,7 +210,7 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
         "format": SPEC_FORMAT,
         "arch": copy.deepcopy(getattr(model, "lbyl_arch", None)),
         # what discovery traced on: restore_from_spec re-traces a fresh model on inputs of this shape
-        "example_input_shape": _shape_list(example_inputs),
+        "example_input_shape": _plain_shape(found.input_shape) if found is not None else None,
         "method": method, "criterion": criterion, "ratio": float(ratio), "variant": variant,
         "hparams": hparams,
         "units": {plan.unit.name: list(plan.kept) for plan in plans},
@@ -230,11 +230,13 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     return restored, report
 
 
-def _shape_list(example_inputs):
-    if isinstance(example_inputs, torch.Tensor):
-        return list(example_inputs.shape)
-    if isinstance(example_inputs, (list, tuple)) and all(isinstance(x, torch.Tensor) for x in example_inputs):
-        return [list(x.shape) for x in example_inputs] if len(example_inputs) != 1 else list(example_inputs[0].shape)
+def _plain_shape(shape):
+    """Discovery's input shape as plain lists for the spec: ``[1, 3, 224, 224]`` for one tensor, a list of
+    those for several positional inputs; ``None`` for inputs zeros cannot rebuild (e.g. a dict)."""
+    if all(isinstance(s, int) for s in shape):
+        return list(shape)
+    if all(isinstance(s, tuple) and all(isinstance(d, int) for d in s) for s in shape):
+        return [list(s) for s in shape]
     return None
 
 
@@ -263,10 +265,7 @@ def restore_from_spec(model: nn.Module, spec: dict, example_inputs=None) -> nn.M
         example_inputs = _inputs_from_shape(model, spec.get("example_input_shape"))
     if getattr(model, "prunable_units", None) is None:
         # all discovered units, not only a built-in's selection: the spec says which were pruned
-        from .discovery import discover_units
-        units = {u.name: u for u in discover_units(model, example_inputs_of(model, example_inputs))}
-        names = {id(m): n for n, m in model.named_modules()}
-        units = {names[id(u.layer)]: u for u in units.values()}
+        units = {u.name: u for u in discover(model, example_inputs).units}
     else:
         units = {u.name: u for u in prunable_units(model)}
     unknown = sorted(set(spec["units"]) - set(units))
