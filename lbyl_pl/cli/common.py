@@ -128,8 +128,8 @@ def cpu_has_native_bf16() -> bool:
 def warn_slow_bf16(config: dict) -> None:
     t = config["trainer"]
     if t["accelerator"] == "cpu" and str(t["precision"]).startswith("bf16") and not cpu_has_native_bf16():
-        # Measured on a 2-core AMD EPYC without AVX-512: VGG16 r=0.5 bf16-mixed training took ~17 s per
-        # step on one thread, against ~0.4 s on an AVX-512 machine.
+        # Measured on a 2-core AMD EPYC without AVX-512: VGG16 r=0.5 bf16-mixed training took ~17 s of CPU
+        # per step on one thread, against under 0.37 s on an AVX-512 machine (results/README.md §8).
         print(f"warning: trainer.precision={t['precision']} on a CPU without native bf16 (no AVX512-BF16 or "
               "AMX): bf16 is emulated and training can be tens of times slower; use trainer.precision=32-true",
               file=sys.stderr, flush=True)
