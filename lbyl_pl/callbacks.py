@@ -21,9 +21,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
-from .methods import METHODS
-from .methods.common import check_nonnegative, check_variant
-from .methods.lbyl import check_solver
+from .methods import make_method
 from .checkpoints import read_checkpoint
 from .restoration import prune_and_restore, restore_from_spec
 from .selection import check_criterion, check_ratio
@@ -47,30 +45,20 @@ def reinitialize(net: torch.nn.Module, seed: int) -> None:
 
 
 class RestoreCallback(Callback):
-    def __init__(self, method: str = "lbyl", criterion: str = "l2-norm", ratio: float = 0.5,
-                 variant: str = "paper", lambda1: float = 1e-6, lambda2: float = 1e-2,
-                 threshold: float | None = None, nm_lambda: float = 0.85, init: str = "restored",
-                 seed: int = 0, solver: str = "shared", module: str | None = None, example_inputs=None,
-                 units: list[str] | None = None):
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper", *,
+                 init: str = "restored", seed: int = 0, module: str | None = None, example_inputs=None,
+                 units: list[str] | None = None, **hparams):
+        # the method object checks its own hyperparameters (lbyl_pl.METHODS): bad input fails here, not
+        # in the middle of a fit
+        self.method = make_method(method, variant, **hparams)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
         check_criterion(criterion)
         check_ratio(ratio)
-        check_variant(variant)
-        check_nonnegative("lambda1", lambda1)
-        check_nonnegative("lambda2", lambda2)
-        if threshold is not None:
-            check_nonnegative("threshold", threshold)
-        check_solver(solver)
         if module is not None and (not isinstance(module, str) or not module):
             raise ValueError(f"module must be the dotted name of a submodule, got {module!r}")
-        self.kwargs = dict(method=method, criterion=criterion, ratio=ratio, variant=variant, lambda1=lambda1,
-                           lambda2=lambda2, threshold=threshold, nm_lambda=nm_lambda, units=units)
+        self.criterion, self.ratio, self.units = criterion, ratio, units
         self.module, self.example_inputs = module, example_inputs
-        if method == "lbyl":  # the solver only exists for LBYL
-            self.kwargs["solver"] = solver
         self.init, self.seed = init, seed
         self.report = None
         self.spec = None
@@ -164,7 +152,8 @@ class RestoreCallback(Callback):
             example_inputs = example_inputs.cpu()
         # Validation runs under inference_mode; parameters made there could never be trained later.
         with torch.inference_mode(False):
-            restored, report = prune_and_restore(net.cpu(), **self.kwargs, example_inputs=example_inputs)
+            restored, report = prune_and_restore(net.cpu(), self.method, self.criterion, self.ratio,
+                                                 units=self.units, example_inputs=example_inputs)
             if self.init == "scratch":
                 reinitialize(restored, self.seed)
                 restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")

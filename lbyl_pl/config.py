@@ -73,6 +73,7 @@ DEFAULTS: dict = {
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
         "lambdas": {},        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]
         "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]
+        "hparams": {},        # method -> {hyperparameter: value} for every cell, e.g. {fusion: {producer: mean}}
         "save_checkpoints": False,
         # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
         # data.eval_on=holdout, never the test set) and the best top-1 per criterion and ratio is kept.
@@ -89,7 +90,7 @@ DEFAULTS: dict = {
                 "enable_progress_bar": True, "threads": None},
 }
 
-FREE_FORM = {("restore", "lambdas"), ("restore", "nm")}
+FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams")}
 
 
 def _merge_free(base: dict, update: dict) -> None:

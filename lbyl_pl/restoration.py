@@ -9,8 +9,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .methods import METHODS, lbyl_delivery, merge_delivery, prune_delivery
-from .methods.common import check_nonnegative, check_variant
+from .methods import make_method
 from .selection import check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover, example_inputs_of
@@ -113,42 +112,20 @@ def pruned_flops(found, model: nn.Module, restored: nn.Module) -> int:
     return total
 
 
-def _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver):
-    if method == "lbyl":
-        return {"lambda1": check_nonnegative("lambda1", lambda1),
-                "lambda2": check_nonnegative("lambda2", lambda2), "solver": solver}
-    if method == "merge":
-        if threshold is None:
-            threshold = getattr(model, "default_nm_threshold", 0.1)
-        return {"threshold": check_nonnegative("threshold", threshold),
-                "nm_lambda": check_nonnegative("nm_lambda", nm_lambda)}
-    return {}
-
-
-def _delivery(method, tensors, kept, variant, hparams, name):
-    if method == "prune":
-        return prune_delivery(tensors, kept)
-    if method == "merge":
-        return merge_delivery(tensors, kept, threshold=hparams["threshold"],
-                              nm_lambda=hparams["nm_lambda"], variant=variant)
-    return lbyl_delivery(tensors, kept, lambda1=hparams["lambda1"], lambda2=hparams["lambda2"],
-                         variant=variant, solver=hparams["solver"], name=name)
-
-
-def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "l2-norm",
-                      ratio: float = 0.3, *, lambda1: float = 1e-6, lambda2: float = 1e-2,
-                      threshold: float | None = None, nm_lambda: float = 0.85,
-                      variant: str = "paper", solver: str = "shared", kept: dict | None = None,
-                      progress: bool = False, example_inputs=None, units=None):
+def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.3, *,
+                      variant: str = "paper", kept: dict | None = None, progress: bool = False,
+                      example_inputs=None, units=None, **hparams):
     """Prune every prunable unit of ``model`` at ``ratio`` and restore it without data.
 
     Returns ``(restored, report)``. ``restored`` is a new, physically smaller module carrying its
     pruning spec in ``restored.lbyl_spec`` (plain data, see ``lbyl_pl.save_restored``); ``model`` is
-    not modified. ``method`` is ``prune``, ``merge`` (Neuron Merging: ``threshold``, ``nm_lambda``;
-    ``threshold=None`` takes the architecture's default, 0.1 for conv nets and 0.45 for LeNet) or
-    ``lbyl`` (``lambda1``, ``lambda2``). ``variant="paper"`` reproduces the published tables;
-    ``"exact"`` uses the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name
-    instead of running the criterion.
+    not modified. ``method`` is a registered name (``lbyl_pl.METHODS``: ``prune``, ``merge``, ``lbyl``,
+    ``fusion``) with its hyperparameters as keyword arguments (``lambda1``, ``lambda2``, ``solver`` for
+    LBYL; ``threshold``, ``nm_lambda`` for NM, ``threshold=None`` taking the architecture's default, 0.1
+    for conv nets and 0.45 for LeNet; each method's ``hyperparameters`` list them), or a
+    ``RestorationMethod`` object. ``variant="paper"`` reproduces the published tables; ``"exact"`` uses
+    the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name instead of running the
+    criterion.
 
     Any ``nn.Module`` works: its units are discovered on the graph traced on ``example_inputs`` (a
     tensor, or a tuple of the forward's inputs; default zeros of ``model.example_input_size``); a
@@ -156,14 +133,13 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
     see ``lbyl_pl.discover``) restricts the pruning to those units. Params and FLOPs in the report
     are counted on the example inputs.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    restorer = make_method(method, variant, **hparams)
     check_criterion(criterion)
     check_ratio(ratio)
-    check_variant(variant)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    hparams = _resolve_hparams(model, method, lambda1, lambda2, threshold, nm_lambda, solver)
+    restorer = restorer.bind(model)
+    method, variant, hparams = restorer.name, restorer.variant, dict(restorer.hparams)
     clock = [time.perf_counter()]
     seconds = {}
 
@@ -194,9 +170,10 @@ def prune_and_restore(model: nn.Module, method: str = "lbyl", criterion: str = "
                         unit_kept[0] < 0 or unit_kept[-1] >= n:
                     raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
             else:
-                unit_kept = select_kept(tensors.weight, criterion, kept_count(n, ratio, unit.count_rule))
-            S = _delivery(method, tensors, unit_kept, variant, hparams, unit.name)
-            plans.append(UnitPlan(unit, unit_kept, S))
+                unit_kept = select_kept(tensors.weight, criterion, kept_count(n, ratio, unit.count_rule), unit)
+            restoration = restorer.restore_unit(unit, tensors, unit_kept)
+            S = restoration.delivery
+            plans.append(UnitPlan(unit, unit_kept, S, restoration.producer))
             pruned_rows = S[selection_matrix(n, unit_kept).sum(dim=1) == 0].abs()
             pruned_coefs.append(pruned_rows.flatten())
             stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \

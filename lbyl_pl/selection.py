@@ -14,9 +14,10 @@ import torch
 
 from .units import all_finite
 
-__all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores"]
+__all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores", "register_criterion"]
 
-CRITERIA = ("l1-norm", "l2-norm", "l2-GM", "random_1", "random_2", "random_3")
+# name -> score(weight, unit); filled by @register_criterion below (and by methods that bring their own)
+CRITERIA: dict = {}
 COUNT_RULES = ("floor", "round")
 
 
@@ -63,30 +64,66 @@ def _random1_digits(weight: torch.Tensor) -> torch.Tensor:
     return torch.tensor(digits, dtype=torch.float64)
 
 
-def criterion_scores(weight: torch.Tensor, criterion: str) -> torch.Tensor:
+def _flat(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().reshape(weight.shape[0], -1).cpu()
+
+
+def register_criterion(name: str, needs_unit: bool = False):
+    """Add ``score(weight, unit) -> (n,) float64`` to ``CRITERIA`` (larger means keep). ``weight`` is the
+    producer's ``(n, d)`` matrix (``[w, b]`` rows for a Linear without BN); ``unit`` is the
+    ``PrunableUnit``, or ``None`` when only a weight is at hand: a criterion that reads more than the
+    filters (``needs_unit=True``) then raises ``ValueError``."""
+    def add(score):
+        if name in CRITERIA:
+            raise ValueError(f"criterion {name!r} is registered already")
+        score.needs_unit = needs_unit
+        CRITERIA[name] = score
+        return score
+    return add
+
+
+@register_criterion("l1-norm")
+def l1_norm(weight, unit=None):
+    return torch.linalg.vector_norm(_flat(weight).float(), ord=1, dim=1).double()  # float32, as the reference
+
+
+@register_criterion("l2-norm")
+def l2_norm(weight, unit=None):
+    return torch.linalg.vector_norm(_flat(weight).float(), ord=2, dim=1).double()
+
+
+@register_criterion("l2-GM")
+def l2_geometric_median(weight, unit=None):
+    from scipy.spatial.distance import cdist
+
+    # float64 pairwise distances exactly as the reference computes them (scipy's cdist);
+    # filters with the smallest total distance (nearest the geometric median) are pruned
+    w64 = _flat(weight).double().numpy()
+    return torch.from_numpy(abs(cdist(w64, w64, "euclidean")).sum(axis=0))
+
+
+@register_criterion("random_1")
+def random_1(weight, unit=None):
+    return -_random1_digits(_flat(weight))
+
+
+@register_criterion("random_2")
+def random_2(weight, unit=None):  # keeps the last m filters
+    return torch.arange(weight.shape[0], dtype=torch.float64)
+
+
+@register_criterion("random_3")
+def random_3(weight, unit=None):  # keeps the first m filters
+    return -torch.arange(weight.shape[0], dtype=torch.float64)
+
+
+def criterion_scores(weight: torch.Tensor, criterion: str, unit=None) -> torch.Tensor:
     """Per-filter score where *larger means keep* (random_2/3 are positional, see ``select_kept``)."""
     check_criterion(criterion)
-    w = weight.detach().reshape(weight.shape[0], -1).cpu()
-    if criterion == "l1-norm":
-        # float32 norms, as the reference computes them
-        return torch.linalg.vector_norm(w.float(), ord=1, dim=1).double()
-    if criterion == "l2-norm":
-        return torch.linalg.vector_norm(w.float(), ord=2, dim=1).double()
-    if criterion == "l2-GM":
-        from scipy.spatial.distance import cdist
-
-        # float64 pairwise distances exactly as the reference computes them (scipy's cdist);
-        # filters with the smallest total distance (nearest the geometric median) are pruned
-        w64 = w.double().numpy()
-        return torch.from_numpy(abs(cdist(w64, w64, "euclidean")).sum(axis=0))
-    if criterion == "random_1":
-        return -_random1_digits(w)
-    if criterion == "random_2":  # keeps the last m filters
-        return torch.arange(w.shape[0], dtype=torch.float64)
-    return -torch.arange(w.shape[0], dtype=torch.float64)  # random_3 keeps the first m
+    return CRITERIA[criterion](weight, unit)
 
 
-def select_kept(weight: torch.Tensor, criterion: str, n_keep: int) -> list[int]:
+def select_kept(weight: torch.Tensor, criterion: str, n_keep: int, unit=None) -> list[int]:
     """Indices (ascending) of the ``n_keep`` filters that ``criterion`` keeps.
 
     ``weight`` is ``(n, ...)``; rows are flattened. Ties are broken towards the lower index
@@ -97,6 +134,6 @@ def select_kept(weight: torch.Tensor, criterion: str, n_keep: int) -> list[int]:
         raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
     if not all_finite(weight):
         raise ValueError("weights contain NaN or Inf; cannot rank filters")
-    scores = criterion_scores(weight, criterion)
+    scores = criterion_scores(weight, criterion, unit)
     order = torch.sort(-scores, stable=True).indices  # descending score, lower index first on ties
     return sorted(order[:n_keep].tolist())

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .units import BN_TYPES, PrunableUnit
+
+if TYPE_CHECKING:
+    from .methods.base import ProducerUpdate
 
 __all__ = ["UnitPlan", "apply_plans", "selection_matrix"]
 
@@ -27,6 +31,7 @@ class UnitPlan:
     unit: PrunableUnit
     kept: list[int]
     delivery: torch.Tensor  # (n, m) float64
+    producer: ProducerUpdate | None = None  # new kept producer rows / bias / BN (Intra-Fusion); None: sliced
 
 
 def selection_matrix(n: int, kept: list[int]) -> torch.Tensor:
@@ -57,16 +62,29 @@ def _resize(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) 
         module.bias = nn.Parameter(bias.clone().contiguous(), requires_grad=module.bias.requires_grad)
 
 
-def _slice_bn(bn: nn.Module, kept: torch.Tensor) -> None:
-    """Keep channels ``kept`` of a BatchNorm, in place."""
+def _slice_bn(bn: nn.Module, kept: torch.Tensor, values: dict | None = None) -> None:
+    """Keep channels ``kept`` of a BatchNorm, in place; ``values`` (name -> ``(m,)`` tensor) replaces
+    the kept channels' affine parameters and running statistics."""
     kept = kept.to((bn.weight if bn.weight is not None else bn.running_mean).device)
+    values = values or {}
+    if bn.running_mean is None and ("running_mean" in values or "running_var" in values):
+        raise ValueError("a BatchNorm without running statistics cannot hold the restored statistics")
+
+    def new(name):
+        old = getattr(bn, name)
+        if name in values:
+            return values[name].to(dtype=old.dtype, device=old.device).clone()
+        return old.detach()[kept].clone()
+
     bn.num_features = len(kept)
     if bn.affine:
-        bn.weight = nn.Parameter(bn.weight.detach()[kept].clone(), requires_grad=bn.weight.requires_grad)
-        bn.bias = nn.Parameter(bn.bias.detach()[kept].clone(), requires_grad=bn.bias.requires_grad)
+        bn.weight = nn.Parameter(new("weight"), requires_grad=bn.weight.requires_grad)
+        bn.bias = nn.Parameter(new("bias"), requires_grad=bn.bias.requires_grad)
+    elif "weight" in values or "bias" in values:
+        raise ValueError("a BatchNorm without affine parameters cannot hold the restored scale and shift")
     if bn.running_mean is not None:
-        bn.running_mean = bn.running_mean[kept].clone()
-        bn.running_var = bn.running_var[kept].clone()
+        bn.running_mean = new("running_mean")
+        bn.running_var = new("running_var")
 
 
 def _deliver(w: torch.Tensor, S: torch.Tensor) -> torch.Tensor:
@@ -110,8 +128,10 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
     """Return a pruned deep copy of ``model`` (which is left untouched)."""
     names = {id(m): n for n, m in model.named_modules()}
     out_kept: dict[str, torch.Tensor] = {}
+    out_update: dict[str, ProducerUpdate] = {}
     in_delivery: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
     bn_kept: dict[str, torch.Tensor] = {}
+    bn_values: dict[str, dict] = {}
     for plan in plans:
         kept = torch.as_tensor(plan.kept, dtype=torch.long)
         unit = plan.unit
@@ -121,6 +141,11 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
         out_kept[names[id(unit.layer)]] = kept
         if unit.bn is not None:
             bn_kept[names[id(unit.bn)]] = kept
+        if plan.producer is not None:
+            _check_update(unit, plan.producer, len(plan.kept))
+            out_update[names[id(unit.layer)]] = plan.producer
+            if plan.producer.bn is not None:
+                bn_values[names[id(unit.bn)]] = plan.producer.bn
         for module in unit.passthrough:
             (bn_kept if isinstance(module, BN_TYPES) else out_kept)[names[id(module)]] = kept
         for module, features in zip(unit.consumers, unit.features_per_channel):
@@ -145,13 +170,43 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
         module = pruned.get_submodule(name)
         weight = module.weight.detach()
         bias = module.bias.detach() if module.bias is not None else None
-        if name in in_delivery:
-            weight = _apply_input_delivery(weight, *in_delivery[name])
+        # The output side first, then the input side: they act on different axes and commute (a
+        # method's new producer rows are computed from the original, undelivered input axis).
         if name in out_kept:
             kept = out_kept[name].to(weight.device)
-            weight = weight[kept]
-            bias = bias[kept] if bias is not None else None
+            update = out_update.get(name)
+            if update is not None:
+                weight = update.weight.to(device=weight.device, dtype=weight.dtype)
+            else:
+                weight = weight[kept]
+            if update is not None and update.bias is not None:
+                bias = update.bias.to(device=weight.device, dtype=weight.dtype)
+            else:
+                bias = bias[kept] if bias is not None else None
+        if name in in_delivery:
+            weight = _apply_input_delivery(weight, *in_delivery[name])
         _resize(module, weight, bias)
     for name, kept in bn_kept.items():
-        _slice_bn(pruned.get_submodule(name), kept)
+        _slice_bn(pruned.get_submodule(name), kept, bn_values.get(name))
     return pruned
+
+
+def _check_update(unit: PrunableUnit, update: ProducerUpdate, m: int) -> None:
+    expected = (m, *unit.layer.weight.shape[1:])
+    if tuple(update.weight.shape) != expected:
+        raise ValueError(f"unit {unit.name!r}: new producer weight has shape {tuple(update.weight.shape)}, "
+                         f"expected {expected}")
+    if update.bias is not None:
+        if unit.layer.bias is None:
+            raise ValueError(f"unit {unit.name!r}: a new bias for a producer without one (store it in its BN)")
+        if tuple(update.bias.shape) != (m,):
+            raise ValueError(f"unit {unit.name!r}: new producer bias has shape {tuple(update.bias.shape)}, "
+                             f"expected {(m,)}")
+    if update.bn is not None:
+        if unit.bn is None:
+            raise ValueError(f"unit {unit.name!r}: new BatchNorm values for a unit without BatchNorm")
+        bad = {k: tuple(v.shape) for k, v in update.bn.items() if tuple(v.shape) != (m,)}
+        unknown = set(update.bn) - {"weight", "bias", "running_mean", "running_var"}
+        if bad or unknown:
+            raise ValueError(f"unit {unit.name!r}: new BatchNorm values must be (m,) tensors named weight, bias, "
+                             f"running_mean, running_var; got shapes {bad} and names {sorted(unknown)}")

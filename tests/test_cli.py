@@ -369,7 +369,7 @@ def test_report_without_runs(tmp_path, capsys):
     ("restore.methods=[lbyl, ours]", ("unknown method 'ours'", "allowed: prune, merge, lbyl")),
     ("restore.ratios=[0.3, 1.5]", ("ratio must be a number in [0, 1), got 1.5",)),
     ("restore.criteria=[l3-norm]", ("unknown criterion 'l3-norm'",)),
-    ("restore.lambdas.default=[1.0]", ("[a, b] pairs",)),
+    ("restore.lambdas.default=[1.0]", ("[lambda1, lambda2] pairs",)),
     ("restore.methods=[]", ("restore.methods must be a non-empty list", "got []")),
     ("restore.ratios=0.5", ("restore.ratios must be a non-empty list", "got 0.5")),
     ("restore.methods=lbyl", ("restore.methods must be a non-empty list", "got 'lbyl'")),

@@ -290,7 +290,11 @@ def test_on_save_checkpoint_records_spec():
 @pytest.mark.parametrize("kwargs,shown", [
     ({"method": "ours"}, "'ours'"), ({"init": "pretrained"}, "'pretrained'"),
     ({"criterion": "l3-norm"}, "'l3-norm'"), ({"ratio": 1.5}, "1.5"), ({"variant": "theory"}, "'theory'"),
-    ({"lambda1": -1.0}, "-1.0"), ({"lambda2": float("inf")}, "inf"), ({"threshold": -0.5}, "-0.5"),
+    ({"lambda1": -1.0}, "-1.0"), ({"lambda2": float("inf")}, "inf"),
+    ({"method": "merge", "threshold": -0.5}, "-0.5"), ({"method": "merge", "nm_lambda": 1.5}, "1.5"),
+    # a hyperparameter of another method is an error naming its owner, not silently ignored
+    ({"method": "prune", "lambda1": 1e-6}, "lambda1 belongs to lbyl"),
+    ({"method": "lbyl", "threshold": 0.1}, "threshold belongs to merge"),
 ])
 def test_restore_callback_bad_arguments(kwargs, shown):
     with pytest.raises(ValueError) as err:

@@ -25,11 +25,12 @@ class UsageError(Exception):
     """Bad input detected by an entry point (exit status 2)."""
 
 
-def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
+def make_parser(prog: str, description: str, more_help: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=prog, description=description,
-        epilog="Overrides are dotted config keys with YAML values, e.g. trainer.devices=2 "
-               "restore.ratios=[0.1,0.5] data.root=/data. Several --config files merge in order.")
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Overrides are dotted config keys with YAML values, e.g. trainer.devices=2\n"
+               "restore.ratios=[0.1,0.5] data.root=/data. Several --config files merge in order."
+               + (f"\n\n{more_help}" if more_help else ""))
     parser.add_argument("--config", action="append", default=[], metavar="YAML",
                         help="config file (repeatable; later files override earlier ones)")
     parser.add_argument("--output-dir", help="run directory (overrides output_dir)")
@@ -63,7 +64,9 @@ def write_json(path: Path, obj) -> None:
 def write_csv(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     if rows:
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        # rows of different methods carry different hyperparameters: the union of the keys, in order
+        fields = list(dict.fromkeys(key for row in rows for key in row))
+        writer = csv.DictWriter(buffer, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())

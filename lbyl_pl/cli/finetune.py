@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
                               eval_precision=str(config["trainer"]["eval_precision"]), input_size=m["input_size"])
     module.set_net(net)
-    hp = hyperparameters(config, f["criterion"], float(f["ratio"]))
+    hp = hyperparameters(config, f["method"], f["criterion"], float(f["ratio"]))
     restore = RestoreCallback(f["method"], f["criterion"], float(f["ratio"]), config["restore"]["variant"],
-                              init=f["init"], seed=config["seed"], solver=config["restore"]["solver"], **hp)
+                              init=f["init"], seed=config["seed"], **hp)
     checkpoints = last_checkpoint(out)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     trainer = build_trainer(config, out, callbacks=[restore, checkpoints], max_epochs=epochs)

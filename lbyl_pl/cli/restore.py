@@ -9,51 +9,69 @@ from pytorch_lightning import seed_everything
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
 from ..config import ConfigError, lookup_ratio, save_config
+from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore
 from .common import (build_trainer, load_network, make_parser, resolve_config, run, start_run, write_csv,
                      write_json, write_text_atomic)
 
-METHOD_TITLES = {"lbyl": "LBYL", "merge": "NM", "prune": "prune"}
-DEFAULT_LAMBDAS = (1e-6, 1e-2)
-DEFAULT_NM_LAMBDA = 0.85
 # which images a cifar10_npz split holds, named in the table title (a holdout is drawn from "train")
 CIFAR10_NPZ_COPIES = {"train": "JPEG q75 copy", "test": "JPEG q75 copy", "lossless_train": "lossless images",
                       "lossless_test": "lossless images"}
 
 
-def hyperparameters(config: dict, criterion: str, ratio: float) -> dict:
+def title(method: str) -> str:
+    return get_method(method).title
+
+
+def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> dict:
+    """``method``'s keyword arguments for one cell: its per-(criterion, ratio) pair from ``restore.<table>``
+    (``restore.lambdas`` for LBYL, ``restore.nm`` for NM), then the fixed values of ``restore.hparams.<method>``
+    (and the legacy ``restore.solver`` for LBYL); whatever is not set takes the method's default."""
     r = config["restore"]
-    lambdas = lookup_ratio(r["lambdas"], criterion, ratio, "restore.lambdas") or DEFAULT_LAMBDAS
-    nm = lookup_ratio(r["nm"], criterion, ratio, "restore.nm") or (None, DEFAULT_NM_LAMBDA)
-    if len(lambdas) != 2 or len(nm) != 2:
-        raise ConfigError(f"restore.lambdas / restore.nm entries are [a, b] pairs; got {lambdas!r} / {nm!r} "
-                          f"for {criterion} at ratio {ratio}")
-    return {"lambda1": float(lambdas[0]), "lambda2": float(lambdas[1]),
-            "threshold": None if nm[0] is None else float(nm[0]), "nm_lambda": float(nm[1])}
+    cls = get_method(method)
+    hp = {}
+    if cls.config_table is not None:
+        pair = lookup_ratio(r.get(cls.config_table, {}), criterion, ratio, f"restore.{cls.config_table}")
+        if pair is not None:
+            if not isinstance(pair, (list, tuple)) or len(pair) != len(cls.table_hparams):
+                raise ConfigError(f"restore.{cls.config_table} entries are [{', '.join(cls.table_hparams)}] pairs; "
+                                  f"got {pair!r} for {criterion} at ratio {ratio}")
+            hp.update({name: None if value is None else float(value)
+                       for name, value in zip(cls.table_hparams, pair)})
+    if "solver" in cls.defaults():
+        hp["solver"] = r["solver"]
+    fixed = r["hparams"].get(method) or {}
+    if not isinstance(fixed, dict):
+        raise ConfigError(f"restore.hparams.{method} must map hyperparameter names to values, got {fixed!r}")
+    hp.update(fixed)
+    return hp
 
 
 def grid_points(config: dict, method: str, hp: dict) -> list[dict]:
-    """The hyperparameter settings to try for ``method``: the configured one, or the search grid."""
+    """The hyperparameter settings to try for ``method``: the configured one, or the search grid over its
+    ``table_hparams`` (``restore.grid.<name>`` lists)."""
     g = config["restore"]["grid"]
-    names = {"lbyl": ("lambda1", "lambda2"), "merge": ("threshold", "nm_lambda")}.get(method)
-    if names is None or not (g[names[0]] or g[names[1]]):
+    names = get_method(method).table_hparams
+    if not names or not any(g.get(name) for name in names):
         return [hp]
-    first = g[names[0]] or [hp[names[0]]]
-    second = g[names[1]] or [hp[names[1]]]
-    return [dict(hp, **{names[0]: float(a), names[1]: float(b)}) for a in first for b in second]
+    points = [dict(hp)]
+    for name in names:
+        values = g.get(name) or [hp.get(name, get_method(method).defaults()[name])]
+        points = [dict(point, **{name: float(value)}) for point in points for value in values]
+    return points
 
 
 def selected_hparams(rows: list[dict]) -> dict:
     """The chosen values as a config fragment (``--config`` it for the test-set run)."""
-    lambdas, nm = {}, {}
+    tables: dict = {}
     for row in rows:
-        if row["method"] == "lbyl":
-            lambdas.setdefault(row["criterion"], {})[row["ratio"]] = [row["lambda1"], row["lambda2"]]
-        elif row["method"] == "merge":
-            nm.setdefault(row["criterion"], {})[row["ratio"]] = [row["threshold"], row["nm_lambda"]]
-    return {"restore": {"lambdas": lambdas, "nm": nm}}
+        cls = get_method(row["method"])
+        if cls.config_table is not None:
+            tables.setdefault(cls.config_table, {}).setdefault(row["criterion"], {})[row["ratio"]] = \
+                [row[name] for name in cls.table_hparams]
+    return {"restore": tables}
 
 
 def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
@@ -83,22 +101,24 @@ def format_markdown(config, original, rows) -> str:
     by_cell = {}  # (criterion, ratio) -> {method: row}
     for r in rows:
         by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"]] = r
+    # one column per method that has per-cell hyperparameters (LBYL's lambdas, NM's t / lambda)
+    tuned = [x for x in methods if get_method(x).table_hparams]
     for criterion in config["restore"]["criteria"]:
         lines += [f"## {criterion}", "",
-                  "| ratio | λ1 | λ2 | NM t / λ | " + " | ".join(METHOD_TITLES[x] for x in methods) + " |",
-                  "|---" * (4 + len(methods)) + "|"]
+                  "| ratio | " + "".join(f"{title(x)} {' / '.join(get_method(x).table_hparams)} | " for x in tuned)
+                  + " | ".join(title(x) for x in methods) + " |",
+                  "|---" * (1 + len(tuned) + len(methods)) + "|"]
         for ratio in config["restore"]["ratios"]:
             cells = by_cell[criterion, float(ratio)]
-            any_row = cells.get("lbyl", next(iter(cells.values())))
-            # the merge row holds NM's resolved threshold (the other methods' rows have none)
-            nm = f"{cells['merge']['threshold']:g} / {cells['merge']['nm_lambda']:g}" if "merge" in cells else "–"
-            lines.append(f"| {ratio:.0%} | {any_row['lambda1']:g} | {any_row['lambda2']:g} | {nm} | "
-                         + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
+            # each method's row holds its resolved hyperparameters (e.g. NM's architecture-default threshold)
+            values = "".join(" / ".join(f"{cells[x][name]:g}" for name in get_method(x).table_hparams) + " | "
+                             for x in tuned)
+            lines.append(f"| {ratio:.0%} | {values}" + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
     compensating = [x for x in methods if x != "prune"]
     if compensating:  # the paper's Table A9: how large the delivered coefficients are
         lines += ["## |delivered coefficient| of the pruned filters (mean / max / min)", "",
-                  "| criterion | ratio | " + " | ".join(METHOD_TITLES[x] for x in compensating) + " |",
+                  "| criterion | ratio | " + " | ".join(title(x) for x in compensating) + " |",
                   "|---" * (2 + len(compensating)) + "|"]
         for (criterion, ratio), cells in by_cell.items():
             lines.append(f"| {criterion} | {ratio:.0%} | " + " | ".join(
@@ -110,14 +130,13 @@ def format_markdown(config, original, rows) -> str:
 
 def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
     """Restore ``net`` (through RestoreCallback) and evaluate it: one row of the table."""
-    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio),
-                  variant=config["restore"]["variant"], solver=config["restore"]["solver"], **hp)
+    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=config["restore"]["variant"], **hp)
     callback = RestoreCallback(**kwargs, seed=config["seed"])
     result = evaluate_with_lightning(config, net, datamodule, out, callback)
     report, restored = callback.report, result["net"]
     if report is None:  # spawned processes did the work; recompute the report here (cheap)
         restored, report = prune_and_restore(net, **kwargs)
-    resolved = dict(hp, threshold=report.hparams.get("threshold", hp["threshold"]))
+    resolved = dict(report.hparams)  # with the defaults the method filled in (e.g. NM's threshold)
     row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": kwargs["variant"],
            **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
            "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
@@ -126,7 +145,7 @@ def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
 
 
 def main(argv=None) -> int:
-    parser = make_parser("restore.py", __doc__)
+    parser = make_parser("restore.py", __doc__, describe_methods())
     args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
     config = resolve_config(args)
     out = start_run(config)
@@ -137,9 +156,10 @@ def main(argv=None) -> int:
                               f"got {r[key]!r}")
     for criterion in r["criteria"]:  # check every combination before the original network's evaluation
         for ratio in r["ratios"]:
-            hp = hyperparameters(config, criterion, ratio)
             for method in r["methods"]:
-                RestoreCallback(method, criterion, float(ratio), r["variant"], solver=r["solver"], **hp)
+                get_method(method)  # an unknown name fails here, naming the registered methods
+                for point in grid_points(config, method, hyperparameters(config, method, criterion, ratio)):
+                    RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
     seed_everything(config["seed"])  # model.checkpoint=random must give the same weights in every process
     net = load_network(config)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
@@ -149,8 +169,8 @@ def main(argv=None) -> int:
     rows, tried = [], []
     for criterion in r["criteria"]:
         for ratio in r["ratios"]:
-            hp = hyperparameters(config, criterion, ratio)
             for method in r["methods"]:
+                hp = hyperparameters(config, method, criterion, ratio)
                 best = None
                 for point in grid_points(config, method, hp):
                     row, restored = evaluate_cell(config, net, datamodule, out, method, criterion, ratio, point)
@@ -159,7 +179,7 @@ def main(argv=None) -> int:
                         best = (row, restored)
                 row, restored = best
                 rows.append(row)
-                print(f"{criterion:>9} r={ratio:<5} {METHOD_TITLES[method]:>5}: top-1 {row['acc1']:.2f}  "
+                print(f"{criterion:>9} r={ratio:<5} {title(method):>5}: top-1 {row['acc1']:.2f}  "
                       f"top-5 {row['acc5']:.2f}", flush=True)
                 if r["save_checkpoints"]:
                     save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}.pth",

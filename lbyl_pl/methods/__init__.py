@@ -1,8 +1,13 @@
-"""Restoration methods: each turns one unit's original tensors and kept indices into a delivery matrix."""
-from .lbyl import SingularSystemError, lbyl_delivery
-from .merge import merge_delivery
-from .prune import prune_delivery
+"""Restoration methods, registered in ``METHODS`` (name -> ``RestorationMethod`` subclass).
 
-METHODS = ("prune", "merge", "lbyl")
+Importing a method's module registers it; adding a method is one file and one line below.
+"""
+from .base import (METHODS, Hyperparameter, ProducerUpdate, RestorationMethod, UnitRestoration, describe_methods,
+                   get_method, make_method, register)
+from .prune import Prune, prune_delivery
+from .merge import NeuronMerging, merge_delivery
+from .lbyl import LBYL, SingularSystemError, lbyl_delivery
 
-__all__ = ["METHODS", "SingularSystemError", "lbyl_delivery", "merge_delivery", "prune_delivery"]
+__all__ = ["METHODS", "Hyperparameter", "LBYL", "NeuronMerging", "ProducerUpdate", "Prune",
+           "RestorationMethod", "SingularSystemError", "UnitRestoration", "describe_methods", "get_method",
+           "lbyl_delivery", "make_method", "merge_delivery", "prune_delivery", "register"]

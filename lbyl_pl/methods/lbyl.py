@@ -32,6 +32,7 @@ import torch
 
 from ..surgery import selection_matrix
 from ..units import UnitTensors
+from .base import Hyperparameter, RestorationMethod, UnitRestoration, register, check_choice
 from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
 
 SOLVERS = ("shared", "batched", "reference")
@@ -44,9 +45,7 @@ class SingularSystemError(ValueError):
     pass
 
 
-def check_solver(solver: str) -> None:
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; allowed: {', '.join(SOLVERS)}")
+check_solver = check_choice("solver", SOLVERS)
 
 
 def _solve_spd(A: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
@@ -200,3 +199,22 @@ def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch
     else:
         S[P] = _solve_spd(A, Xc.T @ Yc, name).T
     return S
+
+
+@register
+class LBYL(RestorationMethod):
+    name = "lbyl"
+    title = "LBYL"
+    summary = "Leave Before You Leave: each pruned filter is rebuilt from all kept filters by a ridge solve"
+    hyperparameters = (
+        Hyperparameter("lambda1", 1e-6, "weight of the BN-shift term", lambda v: check_nonnegative("lambda1", v)),
+        Hyperparameter("lambda2", 1e-2, "ridge weight on the delivered coefficients",
+                       lambda v: check_nonnegative("lambda2", v)),
+        Hyperparameter("solver", "shared", "shared | batched (float64) | reference (float32 per filter, as the "
+                       "reference code)", check_solver),
+    )
+    config_table = "lambdas"
+    table_hparams = ("lambda1", "lambda2")
+
+    def restore_unit(self, unit, tensors, kept):
+        return UnitRestoration(lbyl_delivery(tensors, kept, variant=self.variant, name=unit.name, **self.hparams))

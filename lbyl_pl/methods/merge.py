@@ -7,11 +7,18 @@ pruned filter whose chosen partner has cosine similarity below the threshold is 
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..surgery import selection_matrix
 from ..units import UnitTensors
+from .base import Hyperparameter, RestorationMethod, UnitRestoration, register
 from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
+
+# The Neuron Merging scripts' threshold for conv nets; a network may set its own
+# (``default_nm_threshold``: 0.45 for LeNet-300-100, method.md §12.2).
+DEFAULT_THRESHOLD = 0.1
 
 
 def _cosine_and_norms(Wp: torch.Tensor, Wk: torch.Tensor):
@@ -23,13 +30,22 @@ def _cosine_and_norms(Wp: torch.Tensor, Wk: torch.Tensor):
     return cos, norm_p, norm_k
 
 
+def check_threshold(value):
+    return None if value is None else check_nonnegative("threshold", value)  # above 1, nothing is merged
+
+
+def check_nm_lambda(value):
+    value = check_nonnegative("nm_lambda", value)
+    if value > 1.0:
+        raise ValueError(f"nm_lambda must be in [0, 1], got {value!r}")
+    return value
+
+
 def merge_delivery(t: UnitTensors, kept: list[int], *, threshold: float, nm_lambda: float,
                    variant: str = "paper") -> torch.Tensor:
     check_variant(variant)
-    threshold = check_nonnegative("threshold", threshold)  # above 1, nothing is merged
-    nm_lambda = check_nonnegative("nm_lambda", nm_lambda)
-    if nm_lambda > 1.0:
-        raise ValueError(f"nm_lambda must be in [0, 1], got {nm_lambda!r}")
+    threshold = check_nonnegative("threshold", threshold)
+    nm_lambda = check_nm_lambda(nm_lambda)
     n = t.weight.shape[0]
     S = selection_matrix(n, kept)
     P = pruned_indices(n, kept)
@@ -72,3 +88,31 @@ def merge_delivery(t: UnitTensors, kept: list[int], *, threshold: float, nm_lamb
     merged = has_partner & ~((threshold > 0) & (best_cos < threshold))
     S[P[merged], best[merged]] = scale[merged]
     return S
+
+
+@register
+class NeuronMerging(RestorationMethod):
+    name = "merge"
+    title = "NM"
+    summary = "Neuron Merging (NeurIPS 2020): each pruned filter is merged into its most similar kept filter"
+    hyperparameters = (
+        Hyperparameter("threshold", None, "cosine-similarity threshold below which a pruned filter is not merged "
+                       f"(None: the network's default_nm_threshold, else {DEFAULT_THRESHOLD})", check_threshold),
+        Hyperparameter("nm_lambda", 0.85, "weight of the cosine distance against the BN bias mismatch, in [0, 1]",
+                       check_nm_lambda),
+    )
+    config_table = "nm"
+    table_hparams = ("threshold", "nm_lambda")
+
+    def bind(self, model):
+        if self.hparams["threshold"] is not None:
+            return self
+        bound = copy.copy(self)  # the object itself stays unbound, usable on another network
+        bound.hparams = dict(self.hparams, threshold=check_threshold(
+            getattr(model, "default_nm_threshold", DEFAULT_THRESHOLD)))
+        return bound
+
+    def restore_unit(self, unit, tensors, kept):
+        if self.hparams["threshold"] is None:
+            raise ValueError("NeuronMerging: threshold is None; call bind(model) first or set it")
+        return UnitRestoration(merge_delivery(tensors, kept, variant=self.variant, **self.hparams))
