@@ -292,6 +292,7 @@ def test_on_save_checkpoint_records_spec():
     ({"criterion": "l3-norm"}, "'l3-norm'"), ({"ratio": 1.5}, "1.5"), ({"variant": "theory"}, "'theory'"),
     ({"lambda1": -1.0}, "-1.0"), ({"lambda2": float("inf")}, "inf"),
     ({"method": "merge", "threshold": -0.5}, "-0.5"), ({"method": "merge", "nm_lambda": 1.5}, "1.5"),
+    ({"method": "fusion", "producer": "median"}, "'median'"), ({"method": "fusion", "cost_p": 0.5}, "0.5"),
     # a hyperparameter of another method is an error naming its owner, not silently ignored
     ({"method": "prune", "lambda1": 1e-6}, "lambda1 belongs to lbyl"),
     ({"method": "lbyl", "threshold": 0.1}, "threshold belongs to merge"),

@@ -7,7 +7,8 @@ from .base import (METHODS, Hyperparameter, ProducerUpdate, RestorationMethod, U
 from .prune import Prune, prune_delivery
 from .merge import NeuronMerging, merge_delivery
 from .lbyl import LBYL, SingularSystemError, lbyl_delivery
+from .fusion import IntraFusion
 
-__all__ = ["METHODS", "Hyperparameter", "LBYL", "NeuronMerging", "ProducerUpdate", "Prune",
+__all__ = ["METHODS", "Hyperparameter", "IntraFusion", "LBYL", "NeuronMerging", "ProducerUpdate", "Prune",
            "RestorationMethod", "SingularSystemError", "UnitRestoration", "describe_methods", "get_method",
            "lbyl_delivery", "make_method", "merge_delivery", "prune_delivery", "register"]

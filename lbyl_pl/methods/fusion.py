@@ -1,0 +1,178 @@
+"""Intra-Fusion (IF; Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024), data-free.
+
+Specification: ``../shared/docs/intra_fusion.md`` (written from the reference code). For one unit
+(producer -> BN -> channel-wise ops -> consumers), with the kept set chosen by the run's criterion:
+
+1. Fold the BN into the producer: ``w_i <- w_i g_i / s_i``, ``b_i <- (b_i - mu_i) g_i / s_i + beta_i`` with
+   ``s_i = sqrt(var_i)`` (``paper``: the reference's fold, no eps) or ``sqrt(var_i + eps)`` (``exact``).
+2. Neuron features ``f_i = [w_i (folded), U_c[:, i] for every consumer c]``, each row divided by its L2 norm;
+   ground cost ``C = cdist(f, f[kept], p)`` (p = 1 by default).
+3. The exact optimal-transport plan ``G = emd(1/n, 1/k, C)`` (POT's network simplex, as the reference),
+   transposed and column-normalised: ``T = G^T / G^T.sum(0)`` (k x n, every source neuron sums to 1).
+4. Fusion, a *sum* (the reference's): kept producer rows ``w'_e = sum_a T[e, a] w_a`` and ``b'_e = sum_a T[e, a] b_a``;
+   every consumer ``U'[:, e] = sum_a T[e, a] U[:, a]``, i.e. the delivery matrix ``S = T^T``.
+   ``producer="mean"`` divides the producer rows by the row sums of ``T`` (an ablation, not in the reference:
+   exact when a pruned neuron duplicates a kept one).
+5. The BN is left as an identity that holds the fused bias: ``gamma = 1, beta = 0, mean = -b'`` and
+   ``var = 1`` (``paper``: the output keeps the reference's ``1/sqrt(1 + eps)`` factor) or ``var = 1 - eps``
+   (``exact``: no factor at all). A producer with its own bias takes ``b'`` there and the BN mean is 0.
+
+No data, no lambda and no randomness. Units are restored independently from the original weights
+(the reference's ``independent_original`` order; see the spec §2): the output-side fusion of a middle conv
+and the input-side fusion of the unit before it act on different axes and commute. Channel-wise
+passthrough modules (MobileNet-V2's depthwise conv) are sliced, not fused.
+
+IF's own importance (spec §1.3) is registered as the criterion ``IF-l1``: the mean over the unit's members
+(folded producer, each consumer) of the L1 norm of a channel's weights.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ..selection import register_criterion
+from ..units import PrunableUnit
+from .base import Hyperparameter, ProducerUpdate, RestorationMethod, UnitRestoration, check_choice, register
+from .common import BN_FLOOR, check_nonnegative, pruned_indices
+
+PRODUCER_RULES = ("sum", "mean")
+DEFAULT_MAX_ITER = 100_000  # POT's default, which the reference does not raise
+
+
+def _check_positive_int(name):
+    def check(value):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        return value
+    return check
+
+
+def _check_cost_p(value):
+    value = check_nonnegative("cost_p", value)
+    if value < 1:
+        raise ValueError(f"cost_p must be >= 1 (the cost must be a metric), got {value!r}")
+    return value
+
+
+def folded_producer(unit: PrunableUnit, variant: str):
+    """The producer's ``(n, d)`` weight rows and ``(n,)`` bias (or ``None``) with the BN folded in, float64."""
+    layer = unit.layer
+    weight = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
+    bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else None
+    bn = unit.bn
+    if bn is None:
+        return weight, bias
+    n = weight.shape[0]
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"BatchNorm of {unit.name!r}: Intra-Fusion needs running statistics "
+                         "(track_running_stats=True)")
+    mean, var = bn.running_mean.detach().double(), bn.running_var.detach().double()
+    if variant == "paper":
+        scale = gamma / torch.sqrt(var.clamp_min(BN_FLOOR))  # the reference: sqrt(var), no eps
+    else:
+        scale = gamma / torch.sqrt(var.clamp_min(0.0) + bn.eps)
+    folded_bias = ((bias if bias is not None else 0.0) - mean) * scale + beta
+    return weight * scale[:, None], folded_bias
+
+
+def consumer_columns(unit: PrunableUnit) -> list[torch.Tensor]:
+    """For every consumer, the ``(n, d_c)`` float64 matrix whose row ``i`` is everything it reads of channel
+    ``i``: ``U[:, i]`` over its outputs and kernel (a Linear after a flatten reads ``features`` inputs)."""
+    columns = []
+    n = unit.n_channels
+    for module, features in zip(unit.consumers, unit.features_per_channel):
+        U = module.weight.detach().to(torch.float64)
+        U = U.reshape(U.shape[0], n, features, *U.shape[2:])  # (out, n, features, *kernel)
+        columns.append(U.movedim(1, 0).reshape(n, -1))
+    return columns
+
+
+def _l2_rows(x: torch.Tensor) -> torch.Tensor:
+    norm = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    return x / norm.clamp_min(1e-300)  # a zero row stays zero (cost = L1 norm of the other row)
+
+
+def transport_map(features: torch.Tensor, kept: list[int], p: float = 1.0, max_iter: int = DEFAULT_MAX_ITER,
+                  float32_cost: bool = True, name: str = "unit") -> torch.Tensor:
+    """``T`` (k x n, float64): the exact EMD plan between all neurons (uniform mass 1/n) and the kept ones
+    (1/k) under the L_p cost of L2-normalised features, transposed and column-normalised."""
+    import ot  # POT: Python Optimal Transport
+
+    f = _l2_rows(features)
+    if float32_cost:  # the reference builds the cost in float32
+        f = f.float()
+    cost = torch.cdist(f, f[torch.as_tensor(kept, dtype=torch.long)], p=p).double().numpy()
+    n, k = cost.shape
+    a = torch.full((n,), 1.0 / n, dtype=torch.float64).numpy()
+    b = torch.full((k,), 1.0 / k, dtype=torch.float64).numpy()
+    plan, log = ot.emd(a, b, cost, numItermax=max_iter, log=True)
+    if log.get("warning"):
+        warnings.warn(f"Intra-Fusion {name}: the EMD solver stopped early ({log['warning']}); the plan may not "
+                      f"be optimal: raise max_iter (now {max_iter})", RuntimeWarning, stacklevel=2)
+    G = torch.from_numpy(plan).T  # k x n
+    column = G.sum(dim=0, keepdim=True)
+    if not bool((column > 0).all()):
+        raise ValueError(f"Intra-Fusion {name}: the transport plan leaves a neuron without mass")
+    return G / column
+
+
+@register
+class IntraFusion(RestorationMethod):
+    name = "fusion"
+    title = "IF"
+    summary = ("Intra-Fusion (ICLR 2024): pruned neurons are fused into the kept ones (producer and consumers) "
+               "along an exact optimal-transport plan; no lambda")
+    hyperparameters = (
+        Hyperparameter("producer", "sum", "sum: fused producer rows are sums, as the reference; mean: divided by "
+                       "the plan's row sums (ablation)", check_choice("producer", PRODUCER_RULES)),
+        Hyperparameter("cost_p", 1.0, "p of the L_p ground cost between L2-normalised neuron features",
+                       _check_cost_p),
+        Hyperparameter("max_iter", DEFAULT_MAX_ITER, "iteration cap of the network simplex (POT numItermax)",
+                       _check_positive_int("max_iter")),
+    )
+
+    def restore_unit(self, unit, tensors, kept):
+        n = unit.n_channels
+        weight, bias = folded_producer(unit, self.variant)
+        features = torch.cat([weight, *consumer_columns(unit)], dim=1)
+        if len(pruned_indices(n, kept)) == 0:
+            T = torch.zeros(len(kept), n, dtype=torch.float64)
+            T[torch.arange(len(kept)), torch.as_tensor(kept, dtype=torch.long)] = 1.0
+        else:
+            T = transport_map(features, kept, p=self.hparams["cost_p"], max_iter=self.hparams["max_iter"],
+                              float32_cost=self.variant == "paper", name=unit.name)
+        producer_rows = T
+        if self.hparams["producer"] == "mean":
+            producer_rows = T / T.sum(dim=1, keepdim=True)
+        fused_weight = (producer_rows @ weight).reshape(len(kept), *unit.layer.weight.shape[1:])
+        fused_bias = producer_rows @ bias if bias is not None else None
+        update = ProducerUpdate(fused_weight)
+        if unit.bn is not None:
+            m = len(kept)
+            eps = float(unit.bn.eps)
+            held_in_bn = unit.layer.bias is None  # the fused bias lives in the BN mean
+            update.bn = {"weight": torch.ones(m, dtype=torch.float64), "bias": torch.zeros(m, dtype=torch.float64),
+                         "running_mean": -fused_bias if held_in_bn else torch.zeros(m, dtype=torch.float64),
+                         "running_var": torch.full((m,), 1.0 if self.variant == "paper" else 1.0 - eps,
+                                                   dtype=torch.float64)}
+            if not held_in_bn:
+                update.bias = fused_bias
+        elif fused_bias is not None:
+            update.bias = fused_bias
+        return UnitRestoration(T.T.contiguous(), update)
+
+
+@register_criterion("IF-l1", needs_unit=True)
+def intra_fusion_importance(weight, unit=None):
+    """Intra-Fusion's own importance (spec §1.3, p = 1): per channel, the mean over the unit's members of
+    the L1 norm of its weights (the BN-folded producer filter, without the bias, and every consumer's
+    input slice), divided by its mean over channels. Needs the unit, not only the filters."""
+    if unit is None:
+        raise ValueError("criterion 'IF-l1' reads the unit's BatchNorm and consumers: pass the PrunableUnit")
+    folded, _ = folded_producer(unit, "paper")
+    members = [folded, *consumer_columns(unit)]
+    importance = torch.stack([m.abs().sum(dim=1) for m in members]).mean(dim=0)
+    return importance / importance.mean().clamp_min(1e-300)
