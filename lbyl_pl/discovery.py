@@ -361,7 +361,7 @@ def _classify(tp, graph, group, names, order, calls):
     # "not channel-wise" above): without one, every consumer reads channel c at input c.
     reshaped = any(op in RESHAPES for op in op_names) or any(r != 1 for r in features)
     if n > 1 and reshaped:
-        probe = [1, n - 1]
+        probe = sorted({1, n - 1})  # two channels, or channel 1 alone when n = 2 (0 then follows)
         prune_out = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
         probe_group = graph.get_pruning_group(root, prune_out, probe)
         got = {item.dep.target.module: sorted(_idx(i) for i in item.idxs) for item in probe_group

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
+from ..methods import METHODS, get_method
 from .common import UsageError, prepare_output_dir, run, write_csv, write_json, write_text_atomic
 
 TAG = "curve/val_acc1"
-LABELS = {"lbyl": "LBYL", "merge": "NM", "prune": "Prune"}
 # "best" is the maximum of every evaluation of the curve (epoch 0 included), on the evaluation set, i.e.
 # picked on the test set: it is not an estimate of what a chosen epoch would give
 BEST_LABEL = "best (max over all epochs, test set)"
@@ -51,7 +52,7 @@ def find_runs(paths) -> list[Path]:
 def run_label(info: dict) -> str:
     if info["init"] == "scratch":
         return "Scratch"
-    return LABELS.get(info["method"], info["method"])
+    return get_method(info["method"]).title if info["method"] in METHODS else info["method"]
 
 
 def main(argv=None) -> int:
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--title", default="Fine-tuning after data-free restoration")
     args = parser.parse_intermixed_args(argv)  # run directories may follow options
     out = prepare_output_dir(args.output_dir)
-    rows, curves = [], {}
+    rows, run_curves, run_dirs = [], [], []
     for run_dir in find_runs(args.runs):
         info = json.loads((run_dir / "finetune.json").read_text())
         curve = read_curve(run_dir)
@@ -76,22 +77,25 @@ def main(argv=None) -> int:
                      "criterion": info["criterion"], "ratio": info["ratio"], "epochs": last_epoch,
                      "before": round(curve.get(0, float("nan")), 2), "after": round(curve[last_epoch], 2),
                      "best": round(max(curve.values()), 2)})
-        curves[f"{label} (r={info['ratio']})"] = curve
+        run_curves.append(curve)
+        run_dirs.append(run_dir)
         config = run_dir / "config.yaml"
         if config.is_file():  # the resolved config of every run, beside the table it produced
             (out / "configs").mkdir(exist_ok=True)
             write_text_atomic(out / "configs" / f"{run_dir.parent.name}_{run_dir.name}.yaml", config.read_text())
+    keys, columns = run_names(rows, run_dirs)
+    curves = dict(zip(keys, run_curves))  # report.json and the legend of curves.png
     lines = [f"# {args.title}", "", f"| run | ratio | criterion | epochs | before → after | {BEST_LABEL} |",
              "|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['label']} | {r['ratio']:.0%} | {r['criterion']} | {r['epochs']} | "
+    for r, column in zip(rows, columns):
+        lines.append(f"| {column} | {r['ratio']:.0%} | {r['criterion']} | {r['epochs']} | "
                      f"{r['before']:.2f} → {r['after']:.2f} | {r['best']:.2f} |")
-    per_epoch = curve_rows(curves, [r["label"] for r in rows])
+    per_epoch = curve_rows(dict(zip(columns, run_curves)))
     lines += ["", "## Top-1 (%) per epoch (epoch 0 = before any training step)", "",
-              "| epoch | " + " | ".join(r["label"] for r in rows) + " |", "|---" * (len(rows) + 1) + "|"]
+              "| epoch | " + " | ".join(columns) + " |", "|---" * (len(rows) + 1) + "|"]
     for row in per_epoch:
         lines.append(f"| {row['epoch']} | " + " | ".join(
-            "–" if row[r["label"]] == "" else f"{row[r['label']]:.2f}" for r in rows) + " |")
+            "–" if row[c] == "" else f"{row[c]:.2f}" for c in columns) + " |")
     table = "\n".join(lines) + "\n"
     print(table)
     write_text_atomic(out / "table.md", table)
@@ -103,11 +107,48 @@ def main(argv=None) -> int:
     return 0
 
 
-def curve_rows(curves: dict, labels: list[str]) -> list[dict]:
-    """One row per epoch, one column per run (``""`` where a run has no value for that epoch)."""
-    by_label = dict(zip(labels, curves.values()))
+def distinct_names(candidates: list[list[str]]) -> list[str]:
+    """For each run, the first of its candidate names (least to most specific) that no other run's chosen
+    name equals; runs still alike after their last candidate (one directory named twice) are numbered."""
+    level = [0] * len(candidates)
+    while True:
+        names = [c[i] for c, i in zip(candidates, level)]
+        counts = Counter(names)
+        clashing = [k for k, name in enumerate(names) if counts[name] > 1 and level[k] + 1 < len(candidates[k])]
+        if not clashing:
+            break
+        for k in clashing:
+            level[k] += 1
+    taken, seen, out = set(names), Counter(), []
+    for name in names:
+        if counts[name] > 1:
+            while True:
+                seen[name] += 1
+                numbered = f"{name} #{seen[name]}"
+                if numbered not in taken:
+                    break
+            taken.add(numbered)
+            name = numbered
+        out.append(name)
+    return out
+
+
+def run_names(rows: list[dict], run_dirs: list[Path]) -> tuple[list[str], list[str]]:
+    """Each run's curve key (report.json's curves, the legend of curves.png) and its column (the tables,
+    curves.csv), distinct across the runs. The key is ``"<label> (r=<ratio>)"``, with the run directory's name
+    (then its path) added where two runs share it; the column is the label alone where no other run has that
+    label, the key otherwise."""
+    keys = distinct_names([[f"{r['label']} (r={r['ratio']})", f"{r['label']} (r={r['ratio']}, {d.name})",
+                            f"{r['label']} (r={r['ratio']}, {d})"] for r, d in zip(rows, run_dirs)])
+    columns = distinct_names([[r["label"], key] for r, key in zip(rows, keys)])
+    return keys, columns
+
+
+def curve_rows(curves: dict[str, dict[int, float]]) -> list[dict]:
+    """One row per epoch, one column per run (``column -> epoch -> top-1``; ``""`` where a run has no value
+    for that epoch)."""
     epochs = sorted({e for curve in curves.values() for e in curve})
-    return [{"epoch": e, **{label: round(c[e], 2) if e in c else "" for label, c in by_label.items()}}
+    return [{"epoch": e, **{column: round(c[e], 2) if e in c else "" for column, c in curves.items()}}
             for e in epochs]
 
 
