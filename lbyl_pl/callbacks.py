@@ -88,6 +88,20 @@ class RestoreCallback(Callback):
     def load_state_dict(self, state_dict):
         self.spec = state_dict.get("spec")
 
+    def retarget(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper",
+                 **hparams) -> "RestoreCallback":
+        """Point this callback at another cell (method, criterion, ratio and the method's hyperparameters,
+        checked as in ``__init__``) and forget the last restoration; ``init``, ``seed``, ``module``,
+        ``example_inputs`` and ``units`` stay. For sweeps that reuse one Trainer: put the unpruned network
+        back into the LightningModule, ``retarget``, validate again (a network that carries a pruning spec
+        is still taken as already restored and left as it is)."""
+        restorer = make_method(method, variant, **hparams)
+        check_criterion(criterion)
+        check_ratio(ratio)
+        self.method, self.criterion, self.ratio = restorer, criterion, ratio
+        self.report = self.spec = None
+        return self
+
     # -- work -----------------------------------------------------------------------------------
     def apply(self, pl_module) -> None:
         """Restore the network now, outside a Trainer. Needed before ``ddp_spawn`` fitting: the

@@ -78,28 +78,38 @@ def quiet_lightning() -> None:
     import warnings
     # ClassifierModule logs values torchmetrics already reduced across ranks; Lightning cannot know.
     warnings.filterwarnings("ignore", message=r".*when logging on epoch level in distributed setting.*")
+    # Lightning 2.6 on torch 2.9+: a deprecation inside Lightning itself, nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning_fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def start_run(config: dict) -> Path:
+def start_run(config: dict, write: bool = True) -> Path:
+    """Set up a run: Lightning's banners off, ``trainer.threads``, the run directory (created, proved
+    writable, ``config.yaml`` written). ``write=False`` (a distributed rank other than zero) only names
+    the directory: rank zero alone writes files."""
     quiet_lightning()
     threads = config["trainer"].get("threads")
     if threads:
         torch.set_num_threads(int(threads))
+    if not write:
+        return Path(config["output_dir"])
     out = prepare_output_dir(config["output_dir"])
     save_config(config, out / "config.yaml")
     return out
 
 
-def load_network(config: dict, required: bool = True) -> torch.nn.Module:
+def load_network(config: dict, required: bool = True, net: torch.nn.Module | None = None) -> torch.nn.Module:
     """The configured architecture with the configured checkpoint (sha256-checked when known).
 
-    ``model.checkpoint: random`` (or null when not ``required``) keeps random initial weights.
+    ``model.checkpoint: random`` (or null when not ``required``) keeps random initial weights. ``net``: a
+    freshly built network of the configured architecture to load into (e.g. a ``ClassifierModule``'s)
+    instead of building another one.
     """
     m = config["model"]
-    net = build_model(m["arch"], m["num_classes"], m["input_size"])
+    if net is None:
+        net = build_model(m["arch"], m["num_classes"], m["input_size"])
     checkpoint = m["checkpoint"]
     if checkpoint in (None, "random"):
         if checkpoint is None and required:
@@ -138,15 +148,17 @@ def warn_slow_bf16(config: dict) -> None:
               file=sys.stderr, flush=True)
 
 
-def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True):
+def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | None = None, logger=True,
+                  **overrides):
+    """The configured Trainer; ``overrides``: other ``pl.Trainer`` arguments, or replacements of the configured
+    ones (e.g. ``enable_progress_bar=False``, ``strategy="ddp"``)."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
 
     t = config["trainer"]
-    warn_slow_bf16(config)
     if logger is True:
         logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
-    return pl.Trainer(
+    arguments = dict(
         accelerator=t["accelerator"], devices=t["devices"], strategy=t["strategy"], num_nodes=t["num_nodes"],
         precision=t["precision"], max_epochs=max_epochs if max_epochs is not None else t["max_epochs"],
         deterministic=t["deterministic"], limit_train_batches=t["limit_train_batches"],
@@ -158,6 +170,11 @@ def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | No
         # parameters, metric states) must stay usable by training afterwards
         inference_mode=False,
         default_root_dir=str(out), logger=logger, callbacks=list(callbacks))
+    arguments.update(overrides)
+    trainer = pl.Trainer(**arguments)
+    if trainer.is_global_zero:  # the ranks are known once the Trainer exists
+        warn_slow_bf16(config)
+    return trainer
 
 
 def run(main, argv=None) -> int:

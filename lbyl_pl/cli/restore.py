@@ -1,10 +1,11 @@
 """restore.py: data-free restoration tables (original, then every method x criterion x ratio)."""
 from __future__ import annotations
 
-import copy
+import sys
 import time
 
 from pytorch_lightning import seed_everything
+from tqdm import tqdm
 
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
@@ -13,8 +14,8 @@ from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore
-from .common import (build_trainer, load_network, make_parser, resolve_config, run, start_run, write_csv,
-                     write_json, write_text_atomic)
+from .common import (build_trainer, load_network, make_parser, quiet_lightning, resolve_config, run, start_run,
+                     write_csv, write_json, write_text_atomic)
 
 # which images a cifar10_npz split holds, named in the table title (a holdout is drawn from "train")
 CIFAR10_NPZ_COPIES = {"train": "JPEG q75 copy", "test": "JPEG q75 copy", "lossless_train": "lossless images",
@@ -74,15 +75,36 @@ def selected_hparams(rows: list[dict]) -> dict:
     return {"restore": tables}
 
 
-def evaluate_with_lightning(config, net, datamodule, out, callback=None) -> dict:
-    m = config["model"]
-    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], config["trainer"]["channels_last"],
-                              eval_precision=str(config["trainer"]["eval_precision"]), input_size=m["input_size"])
-    module.set_net(copy.deepcopy(net))
-    trainer = build_trainer(config, out, callbacks=[callback] if callback else [], logger=False)
+class SweepCallback(RestoreCallback):
+    """The sweep's one ``RestoreCallback``: idle while the original network is evaluated (``active``
+    False), then re-targeted (``retarget``) for every cell."""
+
+    active = False
+
+    def on_validation_start(self, trainer, pl_module):
+        if self.active:
+            super().on_validation_start(trainer, pl_module)
+
+
+# Launchers that start new worker processes for every trainer.validate, and the one that starts them once
+# for the whole sweep (Lightning's ``ddp``: the other ranks run this same command line).
+PER_CALL_LAUNCHERS = ("ddp_spawn", "ddp_fork")
+
+
+def sweep_strategy(strategy, relaunchable: bool):
+    """The strategy the sweep validates with: ``trainer.strategy``, except that ``ddp_spawn`` / ``ddp_fork``
+    (and their ``_find_unused_parameters_*`` forms) become ``ddp`` when the command line can be run again
+    (``relaunchable``), so that one set of processes runs the whole sweep."""
+    if relaunchable and isinstance(strategy, str):
+        for prefix in PER_CALL_LAUNCHERS:
+            if strategy == prefix or strategy.startswith(prefix + "_"):
+                return "ddp" + strategy[len(prefix):]
+    return strategy
+
+
+def validate(trainer, module, datamodule) -> dict:
     metrics = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
-    return {"acc1": float(metrics["val/acc1"]), "acc5": float(metrics["val/acc5"]),
-            "net": module.net if callback is None or callback.report is not None else None}
+    return {"acc1": float(metrics["val/acc1"]), "acc5": float(metrics["val/acc5"])}
 
 
 def format_markdown(config, original, rows) -> str:
@@ -128,13 +150,15 @@ def format_markdown(config, original, rows) -> str:
     return "\n".join(lines)
 
 
-def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
-    """Restore ``net`` (through RestoreCallback) and evaluate it: one row of the table."""
+def evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion, ratio, hp):
+    """Restore ``net`` (RestoreCallback, before validation) and evaluate it: one row of the table, and the
+    restored network (this process's own; recomputed only where spawned workers did the restoring)."""
     kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=config["restore"]["variant"], **hp)
-    callback = RestoreCallback(**kwargs, seed=config["seed"])
-    result = evaluate_with_lightning(config, net, datamodule, out, callback)
-    report, restored = callback.report, result["net"]
-    if report is None:  # spawned processes did the work; recompute the report here (cheap)
+    module.set_net(net)  # the unpruned network itself: prune_and_restore never modifies it, so no copy
+    callback.retarget(**kwargs)
+    result = validate(trainer, module, datamodule)
+    report, restored = callback.report, module.net
+    if report is None:  # ddp_spawn kept (restore.py called with argv): the spawned workers restored
         restored, report = prune_and_restore(net, **kwargs)
     resolved = dict(report.hparams)  # with the defaults the method filled in (e.g. NM's threshold)
     row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": kwargs["variant"],
@@ -144,46 +168,93 @@ def evaluate_cell(config, net, datamodule, out, method, criterion, ratio, hp):
     return row, restored
 
 
-def main(argv=None) -> int:
-    parser = make_parser("restore.py", __doc__, describe_methods())
-    args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
-    config = resolve_config(args)
-    out = start_run(config)
+def plan_sweep(config: dict) -> list[tuple]:
+    """Every ``(criterion, ratio, method, grid points)`` cell of the table, each point checked: a bad name or
+    value fails here, before the (long) evaluation of the original network."""
     r = config["restore"]
     for key in ("methods", "criteria", "ratios"):
         if not isinstance(r[key], list) or not r[key]:
             raise ConfigError(f"restore.{key} must be a non-empty list (e.g. restore.ratios=[0.3,0.5]), "
                               f"got {r[key]!r}")
-    for criterion in r["criteria"]:  # check every combination before the original network's evaluation
-        for ratio in r["ratios"]:
-            for method in r["methods"]:
-                get_method(method)  # an unknown name fails here, naming the registered methods
-                for point in grid_points(config, method, hyperparameters(config, method, criterion, ratio)):
-                    RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
-    seed_everything(config["seed"])  # model.checkpoint=random must give the same weights in every process
-    net = load_network(config)
-    datamodule = build_datamodule(config["data"], seed=config["seed"])
-    started = time.time()
-    original = evaluate_with_lightning(config, net, datamodule, out)
-    print(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}", flush=True)
-    rows, tried = [], []
+    cells = []
     for criterion in r["criteria"]:
         for ratio in r["ratios"]:
             for method in r["methods"]:
-                hp = hyperparameters(config, method, criterion, ratio)
-                best = None
-                for point in grid_points(config, method, hp):
-                    row, restored = evaluate_cell(config, net, datamodule, out, method, criterion, ratio, point)
-                    tried.append(row)
-                    if best is None or row["acc1"] > best[0]["acc1"]:  # ties keep the earlier point
-                        best = (row, restored)
-                row, restored = best
-                rows.append(row)
-                print(f"{criterion:>9} r={ratio:<5} {title(method):>5}: top-1 {row['acc1']:.2f}  "
-                      f"top-5 {row['acc5']:.2f}", flush=True)
-                if r["save_checkpoints"]:
-                    save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}.pth",
-                                  acc1=row["acc1"])
+                get_method(method)  # an unknown name fails here, naming the registered methods
+                points = grid_points(config, method, hyperparameters(config, method, criterion, ratio))
+                for point in points:
+                    RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
+                cells.append((criterion, ratio, method, points))
+    return cells
+
+
+def main(argv=None) -> int:
+    parser = make_parser("restore.py", __doc__, describe_methods())
+    args = parser.parse_intermixed_args(argv)  # KEY=VALUE overrides may follow options
+    config = resolve_config(args)
+    quiet_lightning()  # before the Trainer: its banners
+    cells = plan_sweep(config)
+    r, m, t = config["restore"], config["model"], config["trainer"]
+    # One Trainer for the whole sweep. Every rank runs this function and takes part in every evaluation
+    # (the DataModule shards the evaluation set: exact counts); rank zero alone prints, draws the sweep's
+    # progress bar and writes files. Lightning's own bar would draw one bar per evaluation: off.
+    strategy = sweep_strategy(t["strategy"], relaunchable=argv is None)
+    callback = SweepCallback(cells[0][2], cells[0][0], float(cells[0][1]), r["variant"], seed=config["seed"],
+                             **cells[0][3][0])
+    trainer = build_trainer(config, config["output_dir"], callbacks=[callback], logger=False, strategy=strategy,
+                            enable_progress_bar=False, enable_checkpointing=False)
+    main_rank = trainer.is_global_zero
+    out = start_run(config, write=main_rank)
+    if main_rank and strategy != t["strategy"]:
+        print(f"note: restore.py evaluates with strategy {strategy} instead of {t['strategy']}: one set of "
+              "processes for the whole sweep rather than new ones for every evaluation", file=sys.stderr,
+              flush=True)
+    seed_everything(config["seed"], verbose=main_rank)  # model.checkpoint=random: the same weights everywhere
+    module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], t["channels_last"],
+                              eval_precision=str(t["eval_precision"]), input_size=m["input_size"])
+    net = load_network(config, net=module.net)  # the module's own network: none is built to be thrown away
+    if getattr(net, "lbyl_spec", None) is not None:
+        # a pruned checkpoint (e.g. train.py with train.ratio > 0) is the network to prune further here, not
+        # one RestoreCallback already restored (it would leave it as it is)
+        del net.lbyl_spec
+    datamodule = build_datamodule(config["data"], seed=config["seed"])
+
+    bar = tqdm(total=1 + sum(len(points) for *_, points in cells), desc="restore sweep", unit="eval",
+               disable=not (main_rank and t["enable_progress_bar"]), dynamic_ncols=True)
+
+    def say(line: str) -> None:
+        if main_rank:
+            bar.write(line, file=sys.stdout)
+            sys.stdout.flush()
+
+    started = time.time()
+    try:
+        bar.set_postfix_str("original")
+        module.set_net(net)
+        original = validate(trainer, module, datamodule)
+        bar.update()
+        say(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}")
+        callback.active = True
+        rows, tried = [], []
+        for criterion, ratio, method, points in cells:
+            best = None
+            for point in points:
+                bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}")  # the cell being evaluated
+                row, restored = evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion,
+                                              ratio, point)
+                bar.update()
+                tried.append(row)
+                if best is None or row["acc1"] > best[0]["acc1"]:  # ties keep the earlier point
+                    best = (row, restored)
+            row, restored = best
+            rows.append(row)
+            say(f"{criterion:>9} r={ratio:<5} {title(method):>5}: top-1 {row['acc1']:.2f}  top-5 {row['acc5']:.2f}")
+            if r["save_checkpoints"] and main_rank:
+                save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}.pth", acc1=row["acc1"])
+    finally:
+        bar.close()
+    if not main_rank:
+        return 0
     table = format_markdown(config, original, rows)
     print("\n" + table)
     write_text_atomic(out / "table.md", table + "\n")
