@@ -1,4 +1,5 @@
 """lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL) with PyTorch Lightning."""
+from .auto_hparams import auto_hparams, auto_hparams_search, distill_inputs
 from .callbacks import RestoreCallback, load_restored_checkpoint
 from .checkpoints import find_checkpoint, load_restored, load_weights, save_restored
 from .checks import UnitCheck, check_units
@@ -12,7 +13,7 @@ from .units import PrunableUnit, prunable_units
 
 __version__ = "0.1.0"
 
-__all__ = ["ARCHITECTURES", "CRITERIA", "Discovery", "METHODS", "PrunableUnit", "RestorationReport",
+__all__ = ["auto_hparams", "auto_hparams_search", "distill_inputs", "ARCHITECTURES", "CRITERIA", "Discovery", "METHODS", "PrunableUnit", "RestorationReport",
            "RestoreCallback", "SkippedGroup", "UnitCheck", "build_model", "check_units", "discover",
            "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_restored_checkpoint",
            "load_weights", "prunable_units", "prune_and_restore", "restore_from_spec", "save_restored"]

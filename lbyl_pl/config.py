@@ -71,9 +71,14 @@ DEFAULTS: dict = {
         "ratios": [0.5],
         "variant": "paper",
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
-        "lambdas": {},        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]
-        "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]
+        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]; or "auto" (the whole table or
+        # an entry): chosen without any data by lbyl_pl.auto_hparams
+        "lambdas": {},
+        "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]; or "auto"
         "hparams": {},        # method -> {hyperparameter: value} for every cell, e.g. {fusion: {producer: mean}}
+        # the data-free choice ("auto" tables): distilled images, distillation iterations, score (kl | agreement
+        # | mse); defaults measured in lbyl_pl/auto_hparams.py
+        "auto": {"n": 32, "iterations": 100, "metric": "kl"},
         "save_checkpoints": False,
         # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
         # data.eval_on=holdout, never the test set) and the best top-1 per criterion and ratio is kept.
@@ -91,6 +96,9 @@ DEFAULTS: dict = {
 }
 
 FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams")}
+# per-cell hyperparameter tables that may be "auto": chosen without data for every cell
+AUTO = "auto"
+AUTO_SECTIONS = {("restore", "lambdas"), ("restore", "nm")}
 
 
 def _merge_free(base: dict, update: dict) -> None:
@@ -108,9 +116,15 @@ def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
     for key, value in update.items():
         where = path + (key,)
         if where in FREE_FORM:
+            if where in AUTO_SECTIONS and value == AUTO:  # chosen without data (lbyl_pl.auto_hparams)
+                base[key] = AUTO
+                continue
             # merged, not replaced: restore.lambdas.random_1={...} must keep the other criteria's tables
             if not isinstance(value, dict):
-                raise ConfigError(f"config section {'.'.join(where)} must be a mapping, got {value!r}")
+                allowed = f" or {AUTO!r}" if where in AUTO_SECTIONS else ""
+                raise ConfigError(f"config section {'.'.join(where)} must be a mapping{allowed}, got {value!r}")
+            if not isinstance(base[key], dict):
+                base[key] = {}
             _merge_free(base[key], value)
             continue
         if key not in base:
@@ -165,7 +179,10 @@ def save_config(config: dict, path: str | os.PathLike) -> None:
 
 
 def lookup_ratio(table: dict, criterion: str, ratio: float, what: str):
-    """``table[criterion][ratio]``, falling back to ``table[criterion]["default"]`` then ``table["default"]``."""
+    """``table[criterion][ratio]``, falling back to ``table[criterion]["default"]`` then ``table["default"]``;
+    ``"auto"`` where the table (or the entry found) says so."""
+    if table == AUTO:
+        return AUTO
     per_criterion = table.get(criterion, {})
     if not isinstance(per_criterion, dict):
         raise ConfigError(f"{what}.{criterion} must map ratios to values, got {per_criterion!r}")

@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
-from ..config import ConfigError, lookup_ratio, save_config
+from ..config import AUTO, ConfigError, lookup_ratio, save_config
 from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
@@ -35,7 +35,7 @@ def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> 
     hp = {}
     if cls.config_table is not None:
         pair = lookup_ratio(r.get(cls.config_table, {}), criterion, ratio, f"restore.{cls.config_table}")
-        if pair is not None:
+        if pair is not None and pair != AUTO:  # "auto": chosen without data once the network is loaded
             if not isinstance(pair, (list, tuple)) or len(pair) != len(cls.table_hparams):
                 raise ConfigError(f"restore.{cls.config_table} entries are [{', '.join(cls.table_hparams)}] pairs; "
                                   f"got {pair!r} for {criterion} at ratio {ratio}")
@@ -48,6 +48,24 @@ def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> 
         raise ConfigError(f"restore.hparams.{method} must map hyperparameter names to values, got {fixed!r}")
     hp.update(fixed)
     return hp
+
+
+def is_auto(config: dict, method: str, criterion: str, ratio: float) -> bool:
+    """Whether ``method``'s per-cell hyperparameters are to be chosen without data (``restore.<table>: auto``)."""
+    table = get_method(method).config_table
+    return table is not None and lookup_ratio(config["restore"].get(table, {}), criterion, ratio,
+                                              f"restore.{table}") == AUTO
+
+
+def choose_without_data(config: dict, net, method: str, criterion: str, ratio: float, hp: dict,
+                        progress: bool) -> dict:
+    """``hp`` with the method's per-cell hyperparameters chosen by ``lbyl_pl.auto_hparams`` (no data is read:
+    inputs are distilled from the network's BatchNorm statistics, once per network)."""
+    from ..auto_hparams import auto_hparams
+
+    chosen = auto_hparams(net, method, criterion, float(ratio), config["restore"]["variant"], seed=config["seed"],
+                          progress=progress, **config["restore"]["auto"], **hp)
+    return dict(hp, **chosen)
 
 
 def grid_points(config: dict, method: str, hp: dict) -> list[dict]:
@@ -120,6 +138,11 @@ def format_markdown(config, original, rows) -> str:
     if any(config["restore"]["grid"].values()):
         lines += ["Hyperparameters chosen by grid search on this evaluation set "
                   f"({', '.join(f'{k}={v}' for k, v in config['restore']['grid'].items() if v)}).", ""]
+    auto = sorted({title(r["method"]) for r in rows if r.get("auto")})
+    if auto:
+        lines += [f"{', '.join(auto)} hyperparameters marked (auto) were chosen without data "
+                  "(lbyl_pl.auto_hparams: inputs distilled from the network's BatchNorm statistics); "
+                  "no dataset was read to choose them.", ""]
     by_cell = {}  # (criterion, ratio) -> {method: row}
     for r in rows:
         by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"]] = r
@@ -133,8 +156,8 @@ def format_markdown(config, original, rows) -> str:
         for ratio in config["restore"]["ratios"]:
             cells = by_cell[criterion, float(ratio)]
             # each method's row holds its resolved hyperparameters (e.g. NM's architecture-default threshold)
-            values = "".join(" / ".join(f"{cells[x][name]:g}" for name in get_method(x).table_hparams) + " | "
-                             for x in tuned)
+            values = "".join(" / ".join(f"{cells[x][name]:g}" for name in get_method(x).table_hparams)
+                             + (" (auto)" if cells[x].get("auto") else "") + " | " for x in tuned)
             lines.append(f"| {ratio:.0%} | {values}" + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
     compensating = [x for x in methods if x != "prune"]
@@ -182,6 +205,9 @@ def plan_sweep(config: dict) -> list[tuple]:
             for method in r["methods"]:
                 get_method(method)  # an unknown name fails here, naming the registered methods
                 points = grid_points(config, method, hyperparameters(config, method, criterion, ratio))
+                if is_auto(config, method, criterion, ratio) and len(points) > 1:
+                    raise ConfigError(f"restore.{get_method(method).config_table} is 'auto' for {method} "
+                                      f"({criterion}, {ratio}) and restore.grid searches it too: choose one")
                 for point in points:
                     RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
                 cells.append((criterion, ratio, method, points))
@@ -238,11 +264,18 @@ def main(argv=None) -> int:
         rows, tried = [], []
         for criterion, ratio, method, points in cells:
             best = None
+            auto = is_auto(config, method, criterion, ratio)
+            if auto:  # every rank chooses (deterministic for the seed; distilled inputs cached per network)
+                bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}: choosing without data")
+                points = [choose_without_data(config, net, method, criterion, ratio, points[0],
+                                              progress=main_rank and t["enable_progress_bar"])]
             for point in points:
                 bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}")  # the cell being evaluated
                 row, restored = evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion,
                                               ratio, point)
                 bar.update()
+                if auto:
+                    row["auto"] = True
                 tried.append(row)
                 if best is None or row["acc1"] > best[0]["acc1"]:  # ties keep the earlier point
                     best = (row, restored)
@@ -261,6 +294,8 @@ def main(argv=None) -> int:
     write_csv(out / "table.csv", rows)
     if len(tried) > len(rows):
         write_csv(out / "grid.csv", tried)
+    if len(tried) > len(rows) or any(row.get("auto") for row in rows):
+        # the chosen values as a config fragment: --config it to repeat the run with them fixed
         save_config(selected_hparams(rows), out / "selected_hparams.yaml")
     write_json(out / "results.json", {"original": {k: original[k] for k in ("acc1", "acc5")}, "rows": rows,
                                       "seconds": round(time.time() - started, 1), "config": config})

@@ -103,6 +103,8 @@ class NeuronMerging(RestorationMethod):
     )
     config_table = "nm"
     table_hparams = ("threshold", "nm_lambda")
+    # published NM t in [0, 0.5], lambda mostly in [0.5, 1.0]
+    auto_grid = {"threshold": (0.0, 0.1, 0.2, 0.3, 0.45), "nm_lambda": (0.65, 0.85, 1.0)}
 
     def bind(self, model):
         if self.hparams["threshold"] is not None:
