@@ -1,4 +1,4 @@
-"""Speed of the data-free hyperparameter choice (``lbyl_pl.auto_hparams``) on VGG16-BN and ResNet-56.
+"""Speed of the data-free hyperparameter choice (``lbyl_pl.data_free``) on VGG16-BN and ResNet-56.
 
 Command line (from the repository root)::
 
@@ -18,7 +18,7 @@ Timed per network:
     pays once per network);
 (b) selection, per cell (method x ratio, criterion l2-norm): ``auto_hparams_search`` with the distilled
     inputs already cached, i.e. one restoration plus one scoring forward pass per point of the default
-    grid (``lbyl_pl.auto_hparams.DEFAULT_GRIDS``).
+    grid (``lbyl_pl.data_free.DEFAULT_GRIDS``).
 
 Goals: (a) < 90 s per network and (b) < 20 s per cell, on 2 CPU threads; each line says MET or NOT MET
 (judged on wall-clock time; the process CPU time is printed beside it, which with ``--threads 1`` is what
@@ -62,7 +62,7 @@ from pathlib import Path  # noqa: E402
 import torch  # noqa: E402
 
 import lbyl_pl  # noqa: E402
-import lbyl_pl.auto_hparams as ah  # noqa: E402
+import lbyl_pl.data_free as ah  # noqa: E402
 from lbyl_pl.checkpoints import checkpoint_dir  # noqa: E402
 
 

@@ -1,5 +1,5 @@
 """lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL) with PyTorch Lightning."""
-from .auto_hparams import auto_hparams, auto_hparams_search, distill_inputs
+from .data_free import auto_hparams, auto_hparams_search, distill_inputs
 from .callbacks import RestoreCallback, load_restored_checkpoint
 from .checkpoints import find_checkpoint, load_restored, load_weights, save_restored
 from .checks import UnitCheck, check_units

@@ -72,12 +72,12 @@ DEFAULTS: dict = {
         "variant": "paper",
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
         # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]; or "auto" (the whole table or
-        # an entry): chosen without any data by lbyl_pl.auto_hparams
+        # an entry): chosen without any data by lbyl_pl.data_free
         "lambdas": {},
         "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]; or "auto"
         "hparams": {},        # method -> {hyperparameter: value} for every cell, e.g. {fusion: {producer: mean}}
         # the data-free choice ("auto" tables): distilled images, distillation iterations, score (kl | agreement
-        # | mse); defaults measured in lbyl_pl/auto_hparams.py
+        # | mse); defaults measured in lbyl_pl/data_free.py
         "auto": {"n": 32, "iterations": 100, "metric": "kl"},
         "save_checkpoints": False,
         # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
@@ -116,7 +116,7 @@ def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
     for key, value in update.items():
         where = path + (key,)
         if where in FREE_FORM:
-            if where in AUTO_SECTIONS and value == AUTO:  # chosen without data (lbyl_pl.auto_hparams)
+            if where in AUTO_SECTIONS and value == AUTO:  # chosen without data (lbyl_pl.data_free)
                 base[key] = AUTO
                 continue
             # merged, not replaced: restore.lambdas.random_1={...} must keep the other criteria's tables

@@ -1,4 +1,4 @@
-"""Data-free hyperparameter choice (lbyl_pl.auto_hparams) on tiny networks: distillation, cache, scoring,
+"""Data-free hyperparameter choice (lbyl_pl.data_free) on tiny networks: distillation, cache, scoring,
 selection, errors, BN-free behaviour, and that no dataset is ever read."""
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import lbyl_pl.auto_hparams as ah
+import lbyl_pl.data_free as ah
 from lbyl_pl import prune_and_restore
-from lbyl_pl.auto_hparams import (auto_hparams, auto_hparams_search, bn_statistics_loss, distill_inputs,
+from lbyl_pl.data_free import (auto_hparams, auto_hparams_search, bn_statistics_loss, distill_inputs,
                                   rank_correlation, score)
 
 X8 = torch.zeros(1, 3, 8, 8, dtype=torch.float64)  # TinyConvNet's input shape (it declares none)

@@ -59,9 +59,9 @@ def is_auto(config: dict, method: str, criterion: str, ratio: float) -> bool:
 
 def choose_without_data(config: dict, net, method: str, criterion: str, ratio: float, hp: dict,
                         progress: bool) -> dict:
-    """``hp`` with the method's per-cell hyperparameters chosen by ``lbyl_pl.auto_hparams`` (no data is read:
+    """``hp`` with the method's per-cell hyperparameters chosen by ``lbyl_pl.data_free`` (no data is read:
     inputs are distilled from the network's BatchNorm statistics, once per network)."""
-    from ..auto_hparams import auto_hparams
+    from ..data_free import auto_hparams
 
     chosen = auto_hparams(net, method, criterion, float(ratio), config["restore"]["variant"], seed=config["seed"],
                           progress=progress, **config["restore"]["auto"], **hp)

@@ -60,7 +60,7 @@ class RestorationMethod:
     ``hyperparameters``, and implement ``restore_unit``. ``config_table`` names the config section that
     holds one value pair per (criterion, ratio) (``restore.lambdas`` for LBYL, ``restore.nm`` for NM) and
     ``table_hparams`` the two hyperparameters it holds, in order; they are also what a grid search varies.
-    ``auto_grid`` is the default grid of the data-free choice (``lbyl_pl.auto_hparams``).
+    ``auto_grid`` is the default grid of the data-free choice (``lbyl_pl.data_free``).
     """
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
@@ -68,7 +68,7 @@ class RestorationMethod:
     hyperparameters: ClassVar[tuple[Hyperparameter, ...]] = ()
     config_table: ClassVar[str | None] = None
     table_hparams: ClassVar[tuple[str, ...]] = ()
-    auto_grid: ClassVar[dict[str, tuple]] = {}  # what lbyl_pl.auto_hparams searches without data
+    auto_grid: ClassVar[dict[str, tuple]] = {}  # what lbyl_pl.data_free searches without data
 
     def __init__(self, variant: str = "paper", **hparams):
         check_variant(variant)

@@ -15,7 +15,7 @@ Nothing here reads a dataset: the only inputs are the model's weights and BatchN
 Example::
 
     from lbyl_pl import prune_and_restore
-    from lbyl_pl.auto_hparams import auto_hparams
+    from lbyl_pl.data_free import auto_hparams
 
     hp = auto_hparams(model, "lbyl", "l2-norm", 0.3)     # {"lambda1": ..., "lambda2": ...}
     restored, report = prune_and_restore(model, "lbyl", "l2-norm", 0.3, **hp)
