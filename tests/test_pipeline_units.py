@@ -111,7 +111,7 @@ def test_free_form_lambda_maps(tmp_path):
                        "default": [1e-6, 1e-2], "random_1": {0.7: [1, 2]}}
     assert config["restore"]["nm"] == {"l1-norm": {0.3: [0.2, 0.7]}, "default": [0.1, 0.85]}
     assert DEFAULTS["restore"]["lambdas"] == {} and DEFAULTS["restore"]["nm"] == {}
-    with pytest.raises(ConfigError, match="restore.lambdas must be a mapping, got 3"):
+    with pytest.raises(ConfigError, match="restore.lambdas must be a mapping or 'auto', got 3"):
         load_config([], ["restore.lambdas=3"])
 
 
