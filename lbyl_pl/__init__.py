@@ -1,4 +1,4 @@
-"""lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL) with PyTorch Lightning."""
+"""lbyl_pl: data-free restoration of pruned CNNs (prune / Neuron Merging / LBYL / Intra-Fusion) with PyTorch Lightning."""
 from .data_free import auto_hparams, auto_hparams_search, distill_inputs
 from .callbacks import RestoreCallback, load_restored_checkpoint
 from .checkpoints import find_checkpoint, load_restored, load_weights, save_restored

@@ -1,4 +1,4 @@
-"""finetune.py: restore a checkpoint (prune / NM / LBYL) and fine-tune it, or train the same pruned
+"""finetune.py: restore a checkpoint (any registered method: prune / NM / LBYL / IF) and fine-tune it, or train the same pruned
 architecture from scratch (--init scratch), logging validation accuracy per epoch to TensorBoard."""
 from __future__ import annotations
 
