@@ -445,7 +445,6 @@ def cmd_finetune(args) -> int:
     import pytorch_lightning as pl
 
     import lbyl_pl.cli.finetune as finetune_cli
-    from lbyl_pl.cli.common import resolve_config
     from lbyl_pl.data import data_dir
 
     device = pick_device(args)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
 from ..config import AUTO, ConfigError, lookup_ratio, save_config
-from ..methods import METHODS, describe_methods, get_method
+from ..methods import describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore
