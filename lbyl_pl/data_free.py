@@ -56,7 +56,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .discovery import example_inputs_of
-from .methods import METHODS, SingularSystemError
+from .methods import METHODS, SingularSystemError, get_method
+from .methods.base import check_choice
+from .methods.common import check_int
 from .selection import check_criterion, check_ratio
 
 __all__ = ["DEFAULT_GRIDS", "SCORES", "AutoHparamsResult", "auto_hparams", "auto_hparams_search",
@@ -223,19 +225,7 @@ def _forward(model: nn.Module, x: torch.Tensor):
     return out
 
 
-def _check_stats(stats):
-    if stats not in ("batch", "image"):
-        raise ValueError(f"unknown stats {stats!r}; allowed: batch, image")
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-
-def _check_nonnegative_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+_check_stats = check_choice("stats", ("batch", "image"))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -299,8 +289,8 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
     it). The cached tensor is returned as a copy. ``progress`` shows a tqdm bar over the iterations.
     """
     _check_model(model)
-    _check_positive_int("n", n)
-    _check_nonnegative_int("iterations", iterations)
+    check_int("n", n)
+    check_int("iterations", iterations, minimum=0)
     _check_stats(stats)
     if bn_free not in BN_FREE_MODES:
         raise ValueError(f"unknown bn_free {bn_free!r}; allowed: {', '.join(BN_FREE_MODES)}")
@@ -309,7 +299,7 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
     if isinstance(lr, bool) or not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if batch_size is not None:
-        _check_positive_int("batch_size", batch_size)
+        check_int("batch_size", batch_size)
     shape = _input_shape(model, example_inputs)
     param = _param(model)
     key = (_state_hash(model), shape, int(n), int(seed), int(iterations), stats, float(lr),
@@ -470,22 +460,11 @@ class AutoHparamsResult:
         return "\n".join(lines)
 
 
-def _method_names():
-    return list(METHODS)
-
-
-def _check_method(method):
-    names = _method_names()
-    if not isinstance(method, str) or method not in names:
-        raise ValueError(f"unknown method {method!r}; allowed: {', '.join(names)}")
-
-
 def _grid_for(method: str, grid):
     if grid is None:
         grids = default_grids()
         if method not in grids:
-            cls = METHODS[method] if isinstance(METHODS, dict) else None
-            if getattr(cls, "hyperparameters", ()):
+            if METHODS[method].hyperparameters:
                 warnings.warn(f"no default grid for method {method!r}: its defaults are kept ({{}} returned); "
                               "pass grid={name: [values, ...]} to search", UserWarning, stacklevel=4)
             return {}
@@ -540,7 +519,7 @@ def auto_hparams_search(model: nn.Module, method: str, criterion: str, ratio: fl
     """
     from .restoration import prune_and_restore  # late: restoration imports the methods package
 
-    _check_method(method)
+    get_method(method)  # an unknown name fails here, naming the registered methods
     check_ratio(ratio)
     check_criterion(criterion)
     _check_model(model)

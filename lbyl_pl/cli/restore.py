@@ -192,8 +192,9 @@ def evaluate_cell(trainer, module, callback, datamodule, net, config, method, cr
 
 
 def plan_sweep(config: dict) -> list[tuple]:
-    """Every ``(criterion, ratio, method, grid points)`` cell of the table, each point checked: a bad name or
-    value fails here, before the (long) evaluation of the original network."""
+    """Every ``(criterion, ratio, method, grid points, auto)`` cell of the table, each point checked: a bad name
+    or value fails here, before the (long) evaluation of the original network. ``auto``: the method's per-cell
+    hyperparameters are chosen without data once the network is loaded."""
     r = config["restore"]
     for key in ("methods", "criteria", "ratios"):
         if not isinstance(r[key], list) or not r[key]:
@@ -205,12 +206,13 @@ def plan_sweep(config: dict) -> list[tuple]:
             for method in r["methods"]:
                 get_method(method)  # an unknown name fails here, naming the registered methods
                 points = grid_points(config, method, hyperparameters(config, method, criterion, ratio))
-                if is_auto(config, method, criterion, ratio) and len(points) > 1:
+                auto = is_auto(config, method, criterion, ratio)
+                if auto and len(points) > 1:
                     raise ConfigError(f"restore.{get_method(method).config_table} is 'auto' for {method} "
                                       f"({criterion}, {ratio}) and restore.grid searches it too: choose one")
                 for point in points:
                     RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
-                cells.append((criterion, ratio, method, points))
+                cells.append((criterion, ratio, method, points, auto))
     return cells
 
 
@@ -245,7 +247,7 @@ def main(argv=None) -> int:
         del net.lbyl_spec
     datamodule = build_datamodule(config["data"], seed=config["seed"])
 
-    bar = tqdm(total=1 + sum(len(points) for *_, points in cells), desc="restore sweep", unit="eval",
+    bar = tqdm(total=1 + sum(len(cell[3]) for cell in cells), desc="restore sweep", unit="eval",
                disable=not (main_rank and t["enable_progress_bar"]), dynamic_ncols=True)
 
     def say(line: str) -> None:
@@ -262,9 +264,8 @@ def main(argv=None) -> int:
         say(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}")
         callback.active = True
         rows, tried = [], []
-        for criterion, ratio, method, points in cells:
+        for criterion, ratio, method, points, auto in cells:
             best = None
-            auto = is_auto(config, method, criterion, ratio)
             if auto:  # every rank chooses (deterministic for the seed; distilled inputs cached per network)
                 bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}: choosing without data")
                 points = [choose_without_data(config, net, method, criterion, ratio, points[0],

@@ -25,6 +25,15 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
+def check_int(name: str, value, minimum: int = 1) -> int:
+    """``value`` if it is an int (not a bool) of at least ``minimum`` (1: positive, 0: non-negative)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else ("a non-negative integer" if minimum == 0
+                                                          else f"an integer >= {minimum}")
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return value
+
+
 def bn_gamma_sigma(t: UnitTensors, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Clamped ``gamma`` and the BN scale denominator ``sigma``.
 

@@ -32,20 +32,13 @@ import warnings
 import torch
 
 from ..selection import register_criterion
+from ..surgery import selection_matrix
 from ..units import PrunableUnit
 from .base import Hyperparameter, ProducerUpdate, RestorationMethod, UnitRestoration, check_choice, register
-from .common import BN_FLOOR, check_nonnegative, pruned_indices
+from .common import BN_FLOOR, check_int, check_nonnegative
 
 PRODUCER_RULES = ("sum", "mean")
 DEFAULT_MAX_ITER = 100_000  # POT's default, which the reference does not raise
-
-
-def _check_positive_int(name):
-    def check(value):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        return value
-    return check
 
 
 def _check_cost_p(value):
@@ -131,16 +124,15 @@ class IntraFusion(RestorationMethod):
         Hyperparameter("cost_p", 1.0, "p of the L_p ground cost between L2-normalised neuron features",
                        _check_cost_p),
         Hyperparameter("max_iter", DEFAULT_MAX_ITER, "iteration cap of the network simplex (POT numItermax)",
-                       _check_positive_int("max_iter")),
+                       lambda value: check_int("max_iter", value)),
     )
 
     def restore_unit(self, unit, tensors, kept):
         n = unit.n_channels
         weight, bias = folded_producer(unit, self.variant)
         features = torch.cat([weight, *consumer_columns(unit)], dim=1)
-        if len(pruned_indices(n, kept)) == 0:
-            T = torch.zeros(len(kept), n, dtype=torch.float64)
-            T[torch.arange(len(kept)), torch.as_tensor(kept, dtype=torch.long)] = 1.0
+        if len(kept) == n:  # nothing pruned: every neuron is its own target
+            T = selection_matrix(n, kept).T
         else:
             T = transport_map(features, kept, p=self.hparams["cost_p"], max_iter=self.hparams["max_iter"],
                               float32_cost=self.variant == "paper", name=unit.name)
