@@ -20,8 +20,9 @@ Example::
     hp = auto_hparams(model, "lbyl", "l2-norm", 0.3)     # {"lambda1": ..., "lambda2": ...}
     restored, report = prune_and_restore(model, "lbyl", "l2-norm", 0.3, **hp)
 
-Measurements behind the defaults (exploratory runs made while choosing them, scripts not committed; one thread, shared CPU; test top-1 on a class-stratified 2,000-image subset
-of the CIFAR-10 JPEG test copy, every 5th image; LBYL paper variant, l2-norm, the default 3 x 5 grid):
+Measurements behind the defaults (exploratory runs made while choosing them, scripts not committed; one
+thread, shared CPU; test top-1 on a class-stratified 2,000-image subset of the CIFAR-10 JPEG test copy, every
+5th image; LBYL paper variant, l2-norm, the default 3 x 5 grid):
 
 - VGG16-BN 30 %: defaults = published (1e-6, 1e-2) give 59.75, the grid's best 61.75, its worst 22.50.
   KL on distilled inputs picks a 61.75 point with every design tried (per-image or batch statistics,
