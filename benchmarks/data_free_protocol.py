@@ -39,6 +39,9 @@ def main(argv=None) -> int:
                         help="another run's table.csv whose top-1 for the method is shown as a column")
     parser.add_argument("--output-dir", required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--bn-free", default="defaults", choices=("defaults", "deepinversion", "gaussian"),
+                        help="auto_hparams' bn_free for a network without BatchNorm: 'defaults' (what auto "
+                             "does) or a search on synthetic inputs of that kind")
     args = parser.parse_args(argv)
 
     import torch
@@ -68,9 +71,12 @@ def main(argv=None) -> int:
         accuracy = {tuple(float(r[name]) for name in names): float(r["acc1"]) for r in cell}
         started = time.perf_counter()
         found = auto_hparams_search(net, args.method, args.criterion, ratio, config["restore"]["variant"],
-                                    seed=config["seed"], grid=grid, progress=False, **config["restore"]["auto"])
+                                    seed=config["seed"], grid=grid, progress=False, bn_free=args.bn_free,
+                                    **config["restore"]["auto"])
         seconds = time.perf_counter() - started
         test = [accuracy[tuple(hp[name] for name in names)] for hp, _ in found.results]
+        # no scores when auto returned the defaults without searching (a network without BatchNorm)
+        spearman = round(found.rank_correlation(test), 4) if len(test) > 1 else float("nan")
         chosen = tuple(found.best[name] for name in names)
         default_point = tuple(float(defaults[name]) for name in names)
         oracle = max(accuracy.items(), key=lambda kv: kv[1])
@@ -78,7 +84,7 @@ def main(argv=None) -> int:
                "defaults_acc1": accuracy.get(default_point, float("nan")),
                **{f"{label}_acc1": values.get(ratio, float("nan")) for label, values in compare.items()},
                "oracle": " / ".join(f"{v:g}" for v in oracle[0]), "oracle_acc1": oracle[1],
-               "spearman": round(found.rank_correlation(test), 4), "grid_points": len(test),
+               "spearman": spearman, "grid_points": len(accuracy),
                "select_seconds": round(seconds, 1)}
         out_rows.append(row)
         print(row, flush=True)
@@ -86,8 +92,9 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     write_csv(out / "protocol.csv", out_rows)
     labels = list(compare)
+    searched = "" if args.bn_free == "defaults" else f", bn_free={args.bn_free}"
     lines = [f"# Data-free {args.method} hyperparameters: {config['model']['arch']}, {args.criterion}, "
-             f"test top-1 (grid: {Path(args.grid).parent.name})", "",
+             f"test top-1 (grid: {Path(args.grid).parent.name}{searched})", "",
              "| ratio | auto (no data) | auto | defaults | " + "".join(f"{label} | " for label in labels)
              + "oracle (test grid) | oracle | Spearman(-score, test top-1) |",
              "|---" * (7 + len(labels)) + "|"]
@@ -95,6 +102,15 @@ def main(argv=None) -> int:
         lines.append(f"| {r['ratio']:.0%} | {r['auto']} | {r['auto_acc1']:.2f} | {r['defaults_acc1']:.2f} | "
                      + "".join(f"{r[f'{label}_acc1']:.2f} | " for label in labels)
                      + f"{r['oracle']} | {r['oracle_acc1']:.2f} | {r['spearman']:.2f} |")
+    columns = ["auto_acc1", "defaults_acc1", *(f"{label}_acc1" for label in labels), "oracle_acc1"]
+    mean = {c: sum(r[c] for r in out_rows) / len(out_rows) for c in columns}
+    lines.append("| mean | | " + " | ".join(f"{mean[c]:.2f}" for c in columns[:-1]) + f" | | {mean['oracle_acc1']:.2f} | |")
+    # the issue's goals, as differences the reader would otherwise compute by hand
+    lines += ["", "auto minus each column, per ratio (mean; min):", ""]
+    for c in columns[1:]:
+        diffs = [r["auto_acc1"] - r[c] for r in out_rows]
+        lines.append(f"- {c[:-len('_acc1')]}: " + " / ".join(f"{d:+.2f}" for d in diffs)
+                     + f" (mean {sum(diffs) / len(diffs):+.2f}; min {min(diffs):+.2f})")
     write_text(out / "protocol.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

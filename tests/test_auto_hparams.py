@@ -220,6 +220,25 @@ def test_search_records_every_point_and_picks_the_lowest(calibrated_net):
         assert other.metric == metric and len(other.results) == 6
 
 
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v2"])
+def test_networks_found_by_discovery(name, randomize_bn):
+    """A network the package knows nothing about (torchvision's, units found on its traced graph: residual
+    groups, depthwise convolutions): the search restores and scores every point on its own distilled
+    inputs, and the chosen point restores a smaller network."""
+    from lbyl_pl import build_model
+
+    net = build_model(f"torchvision/{name}", num_classes=10, input_size=32)
+    randomize_bn(net, 0)
+    net.eval()
+    grid = {"lambda1": [1e-6, 1e-4], "lambda2": [1e-3, 1e-1]}
+    res = auto_hparams_search(net, "lbyl", "l2-norm", 0.3, grid=grid, n=4, iterations=5, progress=False)
+    assert len(res.results) == 4 and all(np.isfinite(s) and s >= 0 for s in res.scores())
+    assert res.best == res.results[int(np.argmin(res.scores()))][0]
+    restored, report = prune_and_restore(net, "lbyl", "l2-norm", 0.3, **res.best)
+    assert report.params_after < report.params_before
+    assert all(report.hparams[k] == v for k, v in res.best.items())
+
+
 def test_same_seed_same_choice(calibrated_net):
     net = calibrated_net()
     first = auto_hparams_search(net, "merge", "l1-norm", 0.5, example_inputs=X8, seed=5, **FAST)
