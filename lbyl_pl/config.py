@@ -82,8 +82,9 @@ DEFAULTS: dict = {
         "save_checkpoints": False,
         # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
         # data.eval_on=holdout, never the test set) and the best top-1 per criterion and ratio is kept.
-        # lambda1 x lambda2 for LBYL, threshold x nm_lambda for NM; empty lists: no search.
-        "grid": {"lambda1": [], "lambda2": [], "threshold": [], "nm_lambda": []},
+        # A key is any registered method's table hyperparameter (lambda1 x lambda2 for LBYL, threshold x
+        # nm_lambda for NM; checked by restore.py against the registry), a value the list of values to try.
+        "grid": {},
     },
     "train": {"ratio": 0.0, "spec": None},  # train.py: width of a pruning ratio / spec checkpoint
     "finetune": {"method": "lbyl", "criterion": "l2-norm", "ratio": 0.5, "init": "restored", "epochs": None},
@@ -95,7 +96,7 @@ DEFAULTS: dict = {
                 "enable_progress_bar": True, "threads": None},
 }
 
-FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams")}
+FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams"), ("restore", "grid")}
 # per-cell hyperparameter tables that may be "auto": chosen without data for every cell
 AUTO = "auto"
 AUTO_SECTIONS = {("restore", "lambdas"), ("restore", "nm")}

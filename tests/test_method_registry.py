@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from lbyl_pl import METHODS, RestoreCallback, prune_and_restore
-from lbyl_pl.cli.restore import grid_points, hyperparameters, selected_hparams
+from lbyl_pl.cli.restore import grid_points, hyperparameters, plan_sweep, selected_hparams
+from lbyl_pl.config import ConfigError
 from lbyl_pl.config import load_config
 from lbyl_pl.methods import describe_methods, get_method, make_method
 from lbyl_pl.methods.base import Hyperparameter, RestorationMethod, UnitRestoration, register
@@ -79,3 +80,23 @@ def test_cli_hyperparameters_come_from_each_methods_table():
             {"method": "fusion", "criterion": "l2-norm", "ratio": 0.5}]
     assert selected_hparams(rows) == {"restore": {"lambdas": {"l2-norm": {0.5: [1e-5, 0.2]}},
                                                   "nm": {"l2-norm": {0.5: [0.1, 0.85]}}}}
+
+
+def test_a_registered_methods_table_hyperparameter_is_a_grid_key(half_method):
+    """restore.grid is not a fixed list of names: a method added to the registry is searchable at once, and
+    a key no registered method owns is an error naming the allowed ones."""
+    half_method.table_hparams = ("factor",)
+    try:
+        config = load_config([], ["restore.methods=[half, lbyl]", "restore.grid.factor=[0.25, 0.5]"])
+        cells = plan_sweep(config)
+        assert [(method, points) for _, _, method, points, _ in cells] == [
+            ("half", [{"factor": 0.25}, {"factor": 0.5}]), ("lbyl", [{"solver": "shared"}])]
+        with pytest.raises(ConfigError, match=r"unknown restore.grid key 'gamma'; allowed: factor, lambda1, "
+                                              r"lambda2, nm_lambda, threshold"):
+            plan_sweep(load_config([], ["restore.grid.gamma=[0.1]"]))
+    finally:
+        half_method.table_hparams = ()
+    with pytest.raises(ConfigError, match=r"unknown restore.grid key 'factor'"):  # gone with the method's table
+        plan_sweep(load_config([], ["restore.grid.factor=[0.1]"]))
+    with pytest.raises(ConfigError, match=r"restore.grid.lambda2 must be a list of numbers .* got 0.1"):
+        plan_sweep(load_config([], ["restore.grid.lambda2=0.1"]))

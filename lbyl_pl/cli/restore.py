@@ -10,7 +10,7 @@ from tqdm import tqdm
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
 from ..config import AUTO, ConfigError, lookup_ratio, save_config
-from ..methods import describe_methods, get_method
+from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore
@@ -66,6 +66,20 @@ def choose_without_data(config: dict, net, method: str, criterion: str, ratio: f
     chosen = auto_hparams(net, method, criterion, float(ratio), config["restore"]["variant"], seed=config["seed"],
                           progress=progress, **config["restore"]["auto"], **hp)
     return dict(hp, **chosen)
+
+
+def check_grid(grid: dict) -> None:
+    """``restore.grid``: every key a registered method's table hyperparameter (so that a method added to the
+    registry is searchable without touching the config schema), every value a list of numbers."""
+    allowed = sorted({name for cls in METHODS.values() for name in cls.table_hparams})
+    for name, values in grid.items():
+        if name not in allowed:
+            raise ConfigError(f"unknown restore.grid key {name!r}; allowed: {', '.join(allowed)} "
+                              "(the registered methods' table hyperparameters)")
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in values):
+            raise ConfigError(f"restore.grid.{name} must be a list of numbers (e.g. "
+                              f"restore.grid.{name}=[0.001,0.01]), got {values!r}")
 
 
 def grid_points(config: dict, method: str, hp: dict) -> list[dict]:
@@ -200,6 +214,7 @@ def plan_sweep(config: dict) -> list[tuple]:
         if not isinstance(r[key], list) or not r[key]:
             raise ConfigError(f"restore.{key} must be a non-empty list (e.g. restore.ratios=[0.3,0.5]), "
                               f"got {r[key]!r}")
+    check_grid(r["grid"])
     cells = []
     for criterion in r["criteria"]:
         for ratio in r["ratios"]:
