@@ -6,8 +6,7 @@ import torch
 
 from lbyl_pl import METHODS, RestoreCallback, prune_and_restore
 from lbyl_pl.cli.restore import grid_points, hyperparameters, plan_sweep, selected_hparams
-from lbyl_pl.config import ConfigError
-from lbyl_pl.config import load_config
+from lbyl_pl.config import ConfigError, load_config
 from lbyl_pl.methods import describe_methods, get_method, make_method
 from lbyl_pl.methods.base import Hyperparameter, RestorationMethod, UnitRestoration, register
 from lbyl_pl.surgery import selection_matrix
