@@ -143,6 +143,8 @@ def _channel_stats(x: torch.Tensor, stats: str, eps: float):
 
 
 def _stat_distance(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, stats: str, eps: float):
+    if stats == "both":  # the population (batch) and every image on its own
+        return _stat_distance(x, mean, std, "batch", eps) + _stat_distance(x, mean, std, "image", eps)
     m, s = _channel_stats(x, stats, eps)
     d = (m - mean).pow(2).sum() + (s - std).pow(2).sum()
     return d / x.shape[0] if m.dim() == 2 else d
@@ -212,7 +214,8 @@ def _forward(model: nn.Module, x: torch.Tensor):
     return out
 
 
-_check_stats = check_choice("stats", ("batch", "image"))
+STATS = ("image", "batch", "both")
+_check_stats = check_choice("stats", STATS)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -253,7 +256,8 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
     A second term pulls the inputs' own per-channel statistics to N(0, 1) (inputs live in the normalised
     space). ``stats="image"`` (default; ZeroQ) takes them per image over the spatial positions, the
     distances summed over images and divided by their number; ``stats="batch"`` takes them over the batch
-    and the positions (as BatchNorm does in training; DeepInversion). Per-image statistics make every
+    and the positions (as BatchNorm does in training; DeepInversion); ``stats="both"`` sums the two terms.
+    Per-image statistics make every
     image match on its own and scored best on VGG16-BN (module docstring). BatchNorm1d on (N, C) inputs
     always uses the batch. The model runs in eval mode; its parameters are not changed (gradients are
     taken w.r.t. the inputs only) and its mode is restored afterwards. Inputs are optimised in chunks of
