@@ -88,6 +88,9 @@ class Discovery:
     flops: int = 0                      # FLOPs of one forward pass on the example inputs
     module_out_numel: dict = field(default_factory=dict)  # conv/linear module name -> output elements
     trace_seconds: float = 0.0
+    # Conv2d / Linear / BatchNorm module names in the order the forward pass first calls them (which may differ
+    # from their order of definition); network-level stages visit layers in this order
+    execution_order: list = field(default_factory=list)
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -204,22 +207,59 @@ def _trace(model: nn.Module, example_inputs):
     hooks = [m.register_forward_hook(record) for m in model.modules()
              if isinstance(m, (nn.Conv2d, nn.Linear, *BN_TYPES))]
     was_training = {m: m.training for m in model.modules()}
+    # A bare tensor would first be tried as model(*tensor), i.e. unbatched: pass a tuple.
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    failure = None
     try:
         # Tracing needs autograd; Lightning evaluates under inference_mode / no_grad.
         with torch.inference_mode(False), torch.enable_grad(), FlopCounterMode(display=False) as flops:
-            # A bare tensor would first be tried as model(*tensor), i.e. unbatched: pass a tuple.
-            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
             graph = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, verbose=False)
     except (AssertionError, RuntimeError, TypeError, ValueError, ZeroDivisionError, KeyError, IndexError,
             AttributeError, NotImplementedError) as err:
-        raise ValueError(f"the tracer (Torch-Pruning {_tp_version()}) cannot handle "
-                         f"{type(model).__name__}: {type(err).__name__}: {str(err)[:200]}") from err
+        failure = err
     finally:
         for hook in hooks:
             hook.remove()
         for module, mode in was_training.items():
             module.training = mode
+    if failure is not None:
+        # Blame the tracer only for an input that the model itself accepts.
+        rejection = _input_rejection(model, inputs)
+        if rejection is not None:
+            raise ValueError(rejection) from failure
+        raise ValueError(f"the tracer (Torch-Pruning {_tp_version()}) cannot handle "
+                         f"{type(model).__name__}: {type(failure).__name__}: {str(failure)[:200]}") from failure
     return tp, graph, int(flops.get_total_flops()), calls, out_numel
+
+
+def _input_rejection(model: nn.Module, inputs: tuple) -> str | None:
+    """Why ``model`` itself rejects ``inputs`` (a plain forward under ``no_grad``, in eval mode so that no
+    BN statistic moves), or ``None`` when that forward runs. Names the input shape and, where the input
+    does not match it, what the first Conv2d / Linear (in module order) expects."""
+    was_training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(*inputs)
+        return None
+    except Exception as err:  # whatever the model raises on an input it cannot take
+        error = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    finally:
+        for module, mode in was_training.items():
+            module.training = mode
+    shapes = [list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
+    shape = shapes[0] if len(shapes) == 1 else shapes
+    expects = ""
+    x = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) else None
+    first = next(((name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
+    if first is not None and x is not None:
+        name, layer = first
+        if isinstance(layer, nn.Conv2d) and (x.dim() < 3 or x.shape[-3] != layer.in_channels):
+            expects = f": its first layer {name} expects {layer.in_channels} input channels"
+        elif isinstance(layer, nn.Linear) and x.dim() >= 1 and x.shape[-1] != layer.in_features \
+                and (x[0].numel() if x.dim() >= 2 else x.numel()) != layer.in_features:
+            expects = f": its first layer {name} expects {layer.in_features} input features"
+    return f"example input of shape {shape} does not fit {type(model).__name__}{expects} ({error})"
 
 
 def _discover(model: nn.Module, example_inputs) -> Discovery:
@@ -262,7 +302,7 @@ def _discover(model: nn.Module, example_inputs) -> Discovery:
     skipped = [g for g in skipped if not (g.reason == GROUPED and id(model.get_submodule(g.name)) in carried)]
     numel = {names[m]: v for m, v in out_numel.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and m in names}
     return Discovery(units, skipped, _input_shape(example_inputs), flops, numel,
-                     time.perf_counter() - started)
+                     time.perf_counter() - started, [names[m] for m in calls if m in names])
 
 
 def _classify(tp, graph, group, names, order, calls):

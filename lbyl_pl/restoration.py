@@ -1,4 +1,4 @@
-"""``prune_and_restore``: selection -> restoration -> surgery for a whole network, plus the report."""
+"""``prune_and_restore``: selection -> per-unit restoration -> surgery -> network-level refinement, plus the report."""
 from __future__ import annotations
 
 import copy
@@ -13,6 +13,7 @@ from .methods import make_method
 from .selection import check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover, example_inputs_of
+from .refit import RefitReport, check_refit_options, refit_consumers, refit_record
 from .units import prunable_units, unit_tensors
 
 __all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
@@ -48,8 +49,9 @@ class RestorationReport:
     flops_before: int = 0
     flops_after: int = 0
     # wall time of this call by stage: trace (0 when discovery was cached), solve (selection and
-    # restoration), surgery, count (params and FLOPs)
+    # restoration), surgery, refit (distillation and refit, when asked for), count (params and FLOPs)
     seconds: dict = field(default_factory=dict)
+    refit: RefitReport | None = None  # the network-level refit (prune_and_restore(refit=...)), else None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +69,8 @@ class RestorationReport:
                      f"({self.params_after / max(self.params_before, 1):.3f}x);  "
                      f"FLOPs {self.flops_before:,} -> {self.flops_after:,} "
                      f"({self.flops_after / max(self.flops_before, 1):.3f}x)")
+        if self.refit is not None:
+            lines.append(self.refit.format())
         return "\n".join(lines)
 
 
@@ -112,9 +116,77 @@ def pruned_flops(found, model: nn.Module, restored: nn.Module) -> int:
     return total
 
 
+def select_stage(units, tensors_of, criterion: str, ratio: float, kept: dict | None) -> dict[str, list[int]]:
+    """Stage 1, selection: the kept output indices of every unit (``kept`` fixes some of them by unit name)."""
+    kept_sets = {}
+    for unit in units:
+        n = unit.n_channels
+        if kept is not None and unit.name in kept:
+            unit_kept = sorted(int(i) for i in kept[unit.name])
+            if len(set(unit_kept)) != len(unit_kept) or not unit_kept or \
+                    unit_kept[0] < 0 or unit_kept[-1] >= n:
+                raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
+        else:
+            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, ratio, unit.count_rule), unit)
+        kept_sets[unit.name] = unit_kept
+    return kept_sets
+
+
+def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
+    """Stage 2, per-unit restoration: each unit's delivery matrix (and new producer rows, for methods that
+    rewrite them) from the *original* weights. Returns the surgery plans, one report per unit and every
+    delivered coefficient of the pruned filters."""
+    plans, unit_reports, pruned_coefs = [], [], []
+    for unit in (iterator if iterator is not None else units):
+        unit_kept = kept_sets[unit.name]
+        n = unit.n_channels
+        restoration = restorer.restore_unit(unit, tensors_of(unit), unit_kept)
+        S = restoration.delivery
+        plans.append(UnitPlan(unit, unit_kept, S, restoration.producer))
+        pruned_rows = S[selection_matrix(n, unit_kept).sum(dim=1) == 0].abs()
+        pruned_coefs.append(pruned_rows.flatten())
+        stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \
+            if pruned_rows.numel() else (0.0, 0.0, 0.0)
+        unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), *stats))
+    return plans, unit_reports, pruned_coefs
+
+
+def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, refit_inputs, example_inputs,
+                 progress: bool, seed: int):
+    """Stage 4, network-level refinement: sees the original and the pruned network together and visits the
+    layers in execution order (``lbyl_pl.refit``). Works in place on ``restored`` (a fresh network). Returns
+    the ``RefitReport``, or ``None`` when no refinement was asked for."""
+    if refit is False or refit is None:
+        if refit_inputs is not None:
+            raise ValueError("refit_inputs needs refit=True (or a dict of refit options)")
+        return None
+    if refit is True:
+        options = check_refit_options({})
+    elif isinstance(refit, dict):
+        options = check_refit_options(refit)
+    else:
+        raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
+    from .refit import _check_inputs, _distilled, _input_shape_of
+    started = time.perf_counter()
+    if refit_inputs is None:
+        fit, held = _distilled(model, options, seed, example_inputs, progress)
+        source = "distilled"
+    else:
+        shape = _input_shape_of(model, example_inputs, refit_inputs)
+        fit = _check_inputs(refit_inputs, "refit_inputs", shape)
+        cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
+        fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
+        source = "given"
+    distill_seconds = time.perf_counter() - started
+    report = refit_consumers(model, restored, fit, held, kept_sets, options, progress=progress, seed=seed)
+    report.inputs = source
+    report.seconds = {"distill": distill_seconds, **report.seconds}
+    return report
+
+
 def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.3, *,
                       variant: str = "paper", kept: dict | None = None, progress: bool = False,
-                      example_inputs=None, units=None, **hparams):
+                      example_inputs=None, units=None, refit=False, refit_inputs=None, seed: int = 0, **hparams):
     """Prune every prunable unit of ``model`` at ``ratio`` and restore it without data.
 
     Returns ``(restored, report)``. ``restored`` is a new, physically smaller module carrying its
@@ -127,6 +199,13 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name instead of running the
     criterion.
 
+    The pipeline runs in stages: selection (kept sets), per-unit restoration (the method), surgery (the
+    smaller network), then, with ``refit=True`` (or a dict of options, see ``lbyl_pl.refit.REFIT_DEFAULTS``),
+    network-level refinement: the consumers of the pruned units are refitted in execution order on inputs
+    distilled from ``model`` (no data is read; ``seed`` seeds the distillation), or on ``refit_inputs``, the
+    caller's own unlabelled inputs ``(N, *input_shape)``. The report's ``refit`` holds each layer's held-out
+    fit error; the spec records the refit.
+
     Any ``nn.Module`` works: its units are discovered on the graph traced on ``example_inputs`` (a
     tensor, or a tuple of the forward's inputs; default zeros of ``model.example_input_size``); a
     built-in architecture keeps the paper's selection among them. ``units`` (producer module names,
@@ -138,6 +217,10 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     check_ratio(ratio)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if refit is not False and refit is not None:  # bad options fail before any work
+        if not (refit is True or isinstance(refit, dict)):
+            raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
+        check_refit_options({} if refit is True else refit)
     restorer = restorer.bind(model)
     method, variant, hparams = restorer.name, restorer.variant, dict(restorer.hparams)
     clock = [time.perf_counter()]
@@ -154,34 +237,28 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         found = discover(model, example_inputs)
     units = prunable_units(model, example_inputs, units)
     lap("trace")
-    iterator = units
+    iterator = None
     if progress:
         from tqdm.auto import tqdm
         iterator = tqdm(units, desc=f"{method}/{criterion}/r={ratio}", unit="layer", leave=False)
 
-    plans, unit_reports, pruned_coefs = [], [], []
+    cached: dict[int, object] = {}
+
+    def tensors_of(unit):  # float64 copies of the *original* weights (docs/method.md §5.5), made once per unit
+        if id(unit) not in cached:
+            cached[id(unit)] = unit_tensors(unit)
+        return cached[id(unit)]
+
     with torch.no_grad():
-        for unit in iterator:
-            tensors = unit_tensors(unit)  # float64 copies of the *original* weights (§5.5)
-            n = unit.n_channels
-            if kept is not None and unit.name in kept:
-                unit_kept = sorted(int(i) for i in kept[unit.name])
-                if len(set(unit_kept)) != len(unit_kept) or not unit_kept or \
-                        unit_kept[0] < 0 or unit_kept[-1] >= n:
-                    raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
-            else:
-                unit_kept = select_kept(tensors.weight, criterion, kept_count(n, ratio, unit.count_rule), unit)
-            restoration = restorer.restore_unit(unit, tensors, unit_kept)
-            S = restoration.delivery
-            plans.append(UnitPlan(unit, unit_kept, S, restoration.producer))
-            pruned_rows = S[selection_matrix(n, unit_kept).sum(dim=1) == 0].abs()
-            pruned_coefs.append(pruned_rows.flatten())
-            stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \
-                if pruned_rows.numel() else (0.0, 0.0, 0.0)
-            unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), *stats))
+        kept_sets = select_stage(units, tensors_of, criterion, ratio, kept)
+        plans, unit_reports, pruned_coefs = restore_stage(restorer, units, tensors_of, kept_sets, iterator)
+        cached.clear()
         lap("solve")
         restored = apply_plans(model, plans)
         lap("surgery")
+    refit_report = refine_stage(model, restored, kept_sets, refit, refit_inputs, example_inputs, progress, seed)
+    if refit_report is not None:
+        lap("refit")
 
     spec = {
         "format": SPEC_FORMAT,
@@ -192,6 +269,8 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         "hparams": hparams,
         "units": {plan.unit.name: list(plan.kept) for plan in plans},
     }
+    if refit_report is not None:
+        spec["refit"] = refit_record(refit_report.options, refit_report.inputs)
     restored.lbyl_spec = spec
     all_coefs = torch.cat(pruned_coefs) if pruned_coefs else torch.zeros(0)
     report = RestorationReport(
@@ -202,6 +281,7 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         count_params(model), count_params(restored),
         found.flops if found is not None else count_flops(model, example_inputs),
         pruned_flops(found, model, restored) if found is not None else count_flops(restored, example_inputs))
+    report.refit = refit_report
     lap("count")
     report.seconds = seconds
     return restored, report

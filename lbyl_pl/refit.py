@@ -1,0 +1,573 @@
+"""Network-level refinement: refit the consumers of pruned units on inputs, in execution order, without data.
+
+After a method has restored each unit from the weights alone, ``refit`` refits every *consumer* (a Conv2d with
+groups 1 or a Linear whose input channels were pruned; the projection conv behind a depthwise passthrough and a
+Linear after a flatten included) so that, on a set of inputs, its output in the pruned network matches the
+original network's output of the same layer:
+
+    min_W  || A Wᵀ - Y ||²  +  λ || W - W₀ ||²,      λ = α · mean(diag(AᵀA))
+
+``A``: the consumer's input in the *pruned* network (im2col rows for a conv, with the layer's kernel, stride,
+padding and dilation), so that every earlier refit is seen; ``Y``: the original network's output of that layer on
+the same inputs (its kept outputs only, where the consumer is itself a pruned producer); ``W₀``: the weights the
+method restored. An intercept is fitted where the layer has a bias, or where a BatchNorm alone reads the layer's
+output (the intercept is then absorbed into that BN's running mean, which is exact in eval mode).
+
+By default the inputs are distilled from the original network's BatchNorm statistics
+(``lbyl_pl.data_free.distill_inputs``): no dataset is read. A second, independently distilled set is held out:
+each layer's α is chosen on it from ``alphas``, a layer whose refit does not lower its held-out error keeps the
+restored weights, and the report gives every layer's held-out error before and after. A tensor of the user's own
+unlabelled inputs may replace the distilled ones (its last quarter is then held out unless ``heldout`` is given).
+
+The whole network is refitted in one forward pass: a pre-hook on each consumer accumulates the Gram matrices of
+its input (in chunks of rows, never the whole im2col matrix), solves in float64, writes the new weights and lets
+the forward continue, so the layers are visited in the order the network *calls* them, whatever their order of
+definition. The choices and their measurements: ``results/README.md``, section "Refit on distilled inputs".
+"""
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .discovery import example_inputs_of
+from .distill import STATS, distill_inputs
+from .units import all_finite
+
+__all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "refit", "refit_consumers", "check_refit_options"]
+
+# Defaults, each decided by measurement (results/README.md, "Refit on distilled inputs").
+REFIT_DEFAULTS = {
+    "n": 128,                      # distilled inputs the layers are fitted on
+    "heldout": 32,                 # a second distilled set: chooses each layer's alpha, reports the fit error
+    "iterations": 200,             # distillation iterations
+    "stats": "batch",              # BatchNorm statistics the inputs match (batch: DeepInversion's way)
+    "alphas": (1e-3, 1e-2, 1e-1),  # ridge strength relative to mean(diag(AᵀA)), chosen per layer on the held-out set
+    "max_rows": 65536,             # rows of A (positions x images) sampled per layer for the fit
+}
+_CHUNK_ELEMENTS = 1 << 24  # im2col elements held at once while accumulating a Gram matrix (64 MiB in float32)
+
+
+@dataclass
+class LayerFit:
+    """One consumer's refit: sizes, the α chosen, how the intercept was placed, and the relative error of its
+    output on the held-out inputs (``||A Wᵀ - Y||² / ||Y||²``) with the restored and with the refitted weights."""
+    name: str
+    rows: int
+    inputs: int
+    outputs: int
+    alpha: float
+    intercept: str  # "bias", "bn" (absorbed into the next BatchNorm's mean) or "none"
+    error_before: float
+    error_after: float
+    kept: bool = False  # True: the refit did not lower the held-out error and the restored weights were kept
+
+
+@dataclass
+class RefitReport:
+    layers: list[LayerFit] = field(default_factory=list)
+    inputs: str = "distilled"   # "distilled" (no data) or "given" (the caller's own inputs)
+    n_fit: int = 0
+    n_heldout: int = 0
+    options: dict = field(default_factory=dict)
+    output_kl_before: float = float("nan")  # KL(original || restored) of the outputs on the held-out inputs
+    output_kl_after: float = float("nan")
+    seconds: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        source = "distilled from the network (no data)" if self.inputs == "distilled" else "given by the caller"
+        lines = [f"refit on {self.n_fit} inputs {source}, {self.n_heldout} held out; held-out output KL "
+                 f"{self.output_kl_before:.4g} -> {self.output_kl_after:.4g}",
+                 f"{'layer':<28}{'rows':>8}{'in':>7}{'out':>6}{'alpha':>8}{'icpt':>6}"
+                 f"{'err before':>12}{'err after':>11}"]
+        for f_ in self.layers:
+            mark = "  (kept restored)" if f_.kept else ""
+            lines.append(f"{f_.name:<28}{f_.rows:>8}{f_.inputs:>7}{f_.outputs:>6}{f_.alpha:>8.0e}"
+                         f"{f_.intercept:>6}{f_.error_before:>12.4f}{f_.error_after:>11.4f}{mark}")
+        if self.seconds:
+            lines.append("seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in self.seconds.items()))
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------------------------------------
+
+def check_refit_options(options: dict) -> dict:
+    """The refit's options with defaults filled in; a bad name or value raises ``ValueError`` naming it."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValueError(f"refit options must be a dict, got {type(options).__name__}")
+    unknown = sorted(set(options) - set(REFIT_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown refit option(s) {unknown}; allowed: {', '.join(REFIT_DEFAULTS)}")
+    out = dict(REFIT_DEFAULTS, **options)
+    for name in ("n", "heldout", "max_rows"):
+        v = out[name]
+        if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "heldout" else 1):
+            raise ValueError(f"refit option {name} must be an integer >= {0 if name == 'heldout' else 1}, got {v!r}")
+    if isinstance(out["iterations"], bool) or not isinstance(out["iterations"], int) or out["iterations"] < 0:
+        raise ValueError(f"refit option iterations must be an integer >= 0, got {out['iterations']!r}")
+    if out["stats"] not in STATS:
+        raise ValueError(f"refit option stats must be one of {', '.join(STATS)}, got {out['stats']!r}")
+    alphas = out["alphas"]
+    alphas = (alphas,) if isinstance(alphas, (int, float)) and not isinstance(alphas, bool) else alphas
+    try:
+        alphas = tuple(float(a) for a in alphas)
+    except (TypeError, ValueError):
+        raise ValueError(f"refit option alphas must be a list of non-negative numbers, got {out['alphas']!r}") from None
+    if not alphas or any(not math.isfinite(a) or a < 0 for a in alphas):
+        raise ValueError(f"refit option alphas must be a non-empty list of finite numbers >= 0, got {out['alphas']!r}")
+    out["alphas"] = alphas
+    return out
+
+
+def _check_pair(original: nn.Module, restored: nn.Module) -> None:
+    """``restored`` must be ``original`` pruned: the same module tree, every weight at most as large."""
+    for label, m in (("original", original), ("restored", restored)):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"{label} must be a torch.nn.Module, got {type(m).__name__}")
+    before, after = dict(original.named_modules()), dict(restored.named_modules())
+    if set(before) != set(after):
+        extra = sorted(set(after) ^ set(before))
+        raise ValueError(f"original does not match restored: module names differ ({extra[:5]}); refit needs the "
+                         "unpruned network the restored one was pruned from")
+    for name, m in after.items():
+        o = before[name]
+        if type(o) is not type(m):
+            raise ValueError(f"original does not match restored: {name or '<root>'} is {type(o).__name__} in "
+                             f"original and {type(m).__name__} in restored")
+        for pname, p in m.named_parameters(recurse=False):
+            q = getattr(o, pname, None)
+            # pruning shrinks the output and input channels (the first two dims), never a kernel
+            if not isinstance(q, torch.Tensor) or q.dim() != p.dim() or \
+                    any(a > b for a, b in zip(p.shape[:2], q.shape[:2])) or p.shape[2:] != q.shape[2:]:
+                raise ValueError(f"original does not match restored: {name}.{pname} is "
+                                 f"{tuple(p.shape)} in restored and "
+                                 f"{tuple(q.shape) if isinstance(q, torch.Tensor) else None} in original "
+                                 "(pruning only removes output or input channels)")
+
+
+def _check_inputs(x, label: str, shape: tuple | None) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise ValueError(f"{label} must be a floating-point tensor (N, *input_shape), got "
+                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
+    if x.dim() < 2 or len(x) < 1:
+        raise ValueError(f"{label} must be batched (N, *input_shape) with N >= 1, got shape {list(x.shape)}")
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"{label} have shape {list(x.shape)}; the network takes (N, {', '.join(map(str, shape))})")
+    if not all_finite(x):
+        raise ValueError(f"{label} contain NaN or Inf values; pass finite inputs")
+    return x
+
+
+# --------------------------------------------------------------------------------------------------------
+# the layers
+# --------------------------------------------------------------------------------------------------------
+
+def _is_fittable(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
+
+
+def _consumers(original: nn.Module, restored: nn.Module) -> dict[str, nn.Module]:
+    """Layers of ``restored`` whose inputs were pruned (fewer input channels than in ``original``)."""
+    before = dict(original.named_modules())
+    return {name: m for name, m in restored.named_modules()
+            if _is_fittable(m) and m.weight.shape[1] != before[name].weight.shape[1]}
+
+
+def _bn_readers(model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Module]) -> dict[str, _BatchNorm]:
+    """``layer name -> BatchNorm`` for each layer whose output is read by one BatchNorm and nothing else, found
+    on the autograd graph of one forward pass (an intercept added to such a layer's output equals a shift of the
+    BN's running mean)."""
+    produced, bn_input = {}, {}
+    hooks = [m.register_forward_hook(lambda mod, args, out, name=name: produced.__setitem__(name, out.grad_fn))
+             for name, m in layers.items()]
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+    hooks += [bn.register_forward_hook(lambda mod, args, out: bn_input.__setitem__(mod, args[0].grad_fn))
+              for bn in bns]
+    try:
+        with torch.enable_grad():
+            out = _first_output(model(example.detach().clone().requires_grad_(True)))
+    finally:
+        for h in hooks:
+            h.remove()
+    readers: dict = {}
+    stack, seen = [out.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        for child, _ in node.next_functions:
+            if child is not None:
+                readers[child] = readers.get(child, 0) + 1
+                stack.append(child)
+    result = {}
+    for name, node in produced.items():
+        if node is None or readers.get(node, 0) != 1:
+            continue
+        for bn, source in bn_input.items():
+            if source is node:
+                result[name] = bn
+    return result
+
+
+def _first_output(out):
+    if isinstance(out, (tuple, list)):
+        out = out[0]
+    if isinstance(out, dict):
+        out = next(iter(out.values()))
+    return out
+
+
+def _rows_of_input(module: nn.Module, x: torch.Tensor):
+    """Chunks of the layer's input rows (im2col rows for a conv): ``(image range, rows)`` pairs."""
+    if isinstance(module, nn.Linear):
+        flat = x.reshape(-1, x.shape[-1])
+        per = max(1, _CHUNK_ELEMENTS // max(flat.shape[1], 1))
+        for lo in range(0, len(flat), per):
+            yield flat[lo:lo + per]
+        return
+    padding, pad_mode = module.padding, module.padding_mode
+    if isinstance(padding, str) or pad_mode != "zeros":  # "same", reflect/replicate/circular: pad first
+        x = F.pad(x, module._reversed_padding_repeated_twice, mode="constant" if pad_mode == "zeros" else pad_mode)
+        padding = 0
+    kh, kw = module.kernel_size
+    d = x.shape[1] * kh * kw
+    oh = (x.shape[2] + 2 * _pair(padding)[0] - module.dilation[0] * (kh - 1) - 1) // module.stride[0] + 1
+    ow = (x.shape[3] + 2 * _pair(padding)[1] - module.dilation[1] * (kw - 1) - 1) // module.stride[1] + 1
+    per = max(1, _CHUNK_ELEMENTS // max(d * oh * ow, 1))
+    for lo in range(0, len(x), per):
+        cols = F.unfold(x[lo:lo + per], module.kernel_size, module.dilation, padding, module.stride)
+        yield cols.transpose(1, 2).reshape(-1, d)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _output_rows(y: torch.Tensor) -> torch.Tensor:
+    """A layer's output as rows ``(positions x images, channels)`` in im2col order."""
+    if y.dim() == 2:
+        return y
+    if y.dim() == 4:
+        return y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+    return y.reshape(-1, y.shape[-1])
+
+
+class _Gram:
+    """``AᵀA``, ``AᵀY`` and ``||Y||²`` of sampled rows, accumulated in float64 over chunks."""
+
+    def __init__(self, d: int, m: int, intercept: bool, dtype):
+        self.d, self.intercept, self.dtype = d + intercept, intercept, dtype
+        self.AtA = torch.zeros(self.d, self.d, dtype=torch.float64)
+        self.AtY = torch.zeros(self.d, m, dtype=torch.float64)
+        self.YtY = 0.0
+        self.rows = 0
+
+    def add(self, A: torch.Tensor, Y: torch.Tensor) -> None:
+        A, Y = A.to(self.dtype), Y.to(self.dtype)
+        if self.intercept:
+            A = torch.cat([A, A.new_ones(len(A), 1)], dim=1)
+        self.AtA += (A.T @ A).to(torch.float64).cpu()
+        self.AtY += (A.T @ Y).to(torch.float64).cpu()
+        self.YtY += float(Y.double().pow(2).sum())
+        self.rows += len(A)
+
+    def error(self, W: torch.Tensor) -> float:
+        """``||A W - Y||²`` for ``W`` of shape (d, m), from the accumulated moments."""
+        return float((W * (self.AtA @ W)).sum() - 2 * (W * self.AtY).sum() + self.YtY)
+
+
+class _LayerRefit:
+    """Everything needed to refit one consumer during the pruned network's forward pass."""
+
+    def __init__(self, name, module, target_fit, target_held, rows_fit, rows_held, n_fit, kept, bn, options):
+        self.name, self.module = name, module
+        self.target_fit, self.target_held = target_fit, target_held
+        self.rows_fit, self.rows_held, self.n_fit = rows_fit, rows_held, n_fit
+        self.kept, self.bn, self.options = kept, bn, options
+        self.done = False
+        self.result: LayerFit | None = None
+
+    def __call__(self, module, args):
+        if self.done:  # a module called again in the same forward pass keeps its first refit
+            return None
+        self.done = True
+        x = args[0]
+        self.result = _solve_layer(self, x)
+        return None
+
+
+def _gather(module, x, rows):
+    """Sampled rows (``rows``: sorted global row indices) of the layer's input, chunk by chunk."""
+    start = 0
+    for chunk in _rows_of_input(module, x):
+        stop = start + len(chunk)
+        lo, hi = torch.searchsorted(rows, torch.tensor([start, stop])).tolist()
+        if hi > lo:
+            yield chunk[(rows[lo:hi] - start).to(chunk.device)]
+        start = stop
+
+
+def _solve_layer(job: _LayerRefit, x: torch.Tensor) -> LayerFit:
+    module, options = job.module, job.options
+    weight = module.weight.detach()
+    m = weight.shape[0]
+    w0 = weight.reshape(m, -1).to(torch.float64).cpu()
+    d = w0.shape[1]
+    has_bias = getattr(module, "bias", None) is not None
+    intercept = has_bias or job.bn is not None
+    compute = torch.float64 if x.dtype == torch.float64 else torch.float32
+    fit, held = _Gram(d, m, intercept, compute), _Gram(d, m, intercept, compute)
+    for gram, xs, rows, target in ((fit, x[:job.n_fit], job.rows_fit, job.target_fit),
+                                   (held, x[job.n_fit:], job.rows_held, job.target_held)):
+        if rows is None or len(xs) == 0:
+            continue
+        offset = 0
+        for A in _gather(module, xs, rows):
+            gram.add(A, target[offset:offset + len(A)])
+            offset += len(A)
+    if intercept:
+        b0 = module.bias.detach().to(torch.float64).cpu() if has_bias else torch.zeros(m, dtype=torch.float64)
+        w0 = torch.cat([w0, b0[:, None]], dim=1)
+    W0 = w0.T  # (d, m)
+    scale = float(fit.AtA.diagonal().mean())
+    heldout = held.rows > 0
+    before = held.error(W0) / max(held.YtY, 1e-30) if heldout else float("nan")
+    best = None
+    for alpha in options["alphas"]:
+        lam = alpha * scale
+        system = fit.AtA + lam * torch.eye(fit.d, dtype=torch.float64)
+        L, info = torch.linalg.cholesky_ex(system)
+        if int(info) != 0:
+            raise ValueError(f"refit of layer {job.name!r}: the least-squares system is singular with alpha="
+                             f"{alpha:g} ({fit.rows} rows for {fit.d} unknowns); alpha must be > 0 for it")
+        W = torch.cholesky_solve(fit.AtY + lam * W0, L)
+        err = held.error(W) / max(held.YtY, 1e-30) if heldout else fit.error(W) / max(fit.YtY, 1e-30)
+        if not math.isfinite(err):
+            continue
+        if best is None or err < best[0]:
+            best = (err, alpha, W)
+    if best is None:
+        raise ValueError(f"refit of layer {job.name!r}: no alpha in {list(options['alphas'])} gave a finite fit")
+    err, alpha, W = best
+    kept_restored = heldout and not err < before
+    if kept_restored:  # the held-out set says the refit would not help this layer
+        err, W = before, W0
+    else:
+        _write(module, job.bn, W, intercept, has_bias)
+    return LayerFit(job.name, fit.rows, d, m, alpha, ("bias" if has_bias else "bn") if intercept else "none",
+                    before, err if heldout else float("nan"), kept_restored)
+
+
+@torch.no_grad()
+def _write(module: nn.Module, bn, W: torch.Tensor, intercept: bool, has_bias: bool) -> None:
+    weight = module.weight
+    Wt = W.T  # (m, d [+1])
+    if intercept:
+        Wt, b = Wt[:, :-1], Wt[:, -1]
+        if has_bias:
+            module.bias.copy_(b.to(module.bias))
+        else:  # BN(z + b) with mean mu equals BN(z) with mean mu - b
+            bn.running_mean.sub_(b.to(bn.running_mean))
+    weight.copy_(Wt.reshape(weight.shape).to(weight))
+
+
+# --------------------------------------------------------------------------------------------------------
+# the pass
+# --------------------------------------------------------------------------------------------------------
+
+def _sample_rows(total: int, cap: int, generator: torch.Generator) -> torch.Tensor:
+    if total <= cap:
+        return torch.arange(total)
+    return torch.randperm(total, generator=generator)[:cap].sort().values
+
+
+@torch.no_grad()
+def _targets(original: nn.Module, inputs: torch.Tensor, names: list[str], n_fit: int, max_rows: int,
+             kept: dict[str, list[int]], seed: int):
+    """The original network's output of each layer on ``inputs`` at sampled rows, as ``name -> (rows, values)``
+    for the fit part and for the held-out part (row indices relative to each part), and the network's outputs.
+    Rows are sampled as each layer runs, so the pass never holds more than one layer's full output."""
+    modules = dict(original.named_modules())
+    fit, held = {}, {}
+    g = torch.Generator().manual_seed(int(seed))
+
+    def capture(module, args, out, name):
+        rows = _output_rows(out.detach())
+        if name in kept:
+            rows = rows[:, torch.as_tensor(kept[name], device=rows.device)]
+        per_image = len(rows) // len(inputs)
+        fit_rows = _sample_rows(n_fit * per_image, max_rows, g)
+        fit[name] = (fit_rows, rows[fit_rows.to(rows.device)].clone())
+        held_total = (len(inputs) - n_fit) * per_image
+        if held_total:
+            held_rows = _sample_rows(held_total, max(1, max_rows // 4), g)
+            held[name] = (held_rows, rows[(n_fit * per_image + held_rows).to(rows.device)].clone())
+        else:
+            held[name] = (None, None)
+
+    hooks = [modules[name].register_forward_hook(lambda mod, args, out, name=name: capture(mod, args, out, name))
+             for name in names]
+    try:
+        logits = _first_output(original(inputs)).detach()
+    finally:
+        for h in hooks:
+            h.remove()
+    return fit, held, logits
+
+
+def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
+    p = F.log_softmax(reference.double(), dim=1)
+    q = F.log_softmax(logits.double(), dim=1)
+    return float((p.exp() * (p - q)).sum(dim=1).mean())
+
+
+def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.Tensor,
+                    heldout_inputs: torch.Tensor | None, kept: dict[str, list[int]], options: dict,
+                    progress: bool = False, seed: int = 0) -> RefitReport:
+    """Refit ``restored`` **in place** on the given inputs (the network-level stage of ``prune_and_restore``;
+    ``refit`` is the public entry). ``kept``: producer name -> kept output indices, for consumers that are
+    pruned producers themselves. Returns the report; raises before writing anything when the inputs or the
+    pair of networks are wrong (a singular system raises mid-pass: callers work on a copy)."""
+    started = time.perf_counter()
+    layers = _consumers(original, restored)
+    n_fit = len(fit_inputs)
+    inputs = fit_inputs if heldout_inputs is None else torch.cat([fit_inputs, heldout_inputs])
+    param = next(restored.parameters())
+    inputs = inputs.to(device=param.device, dtype=param.dtype)
+    for name, module in layers.items():
+        if module.weight.shape[0] != dict(original.named_modules())[name].weight.shape[0] and name not in kept:
+            raise ValueError(f"layer {name!r} lost output channels but the pruning spec does not say which were "
+                             "kept (restored.lbyl_spec['units'])")
+    report = RefitReport(inputs="given", n_fit=n_fit, n_heldout=len(inputs) - n_fit, options=dict(options))
+    if not layers:
+        report.seconds = {"refit": time.perf_counter() - started}
+        return report
+    was = (original.training, restored.training)
+    original.eval()
+    restored.eval()
+    try:
+        bn_of = _bn_readers(restored, inputs[:1], layers)
+        fit, held, reference = _targets(original, inputs, list(layers), n_fit, options["max_rows"],
+                                        {k: v for k, v in kept.items() if k in layers}, seed)
+        with torch.no_grad():
+            before_logits = _first_output(restored(inputs[n_fit:])) if len(inputs) > n_fit else None
+        jobs = [_LayerRefit(name, module, fit[name][1], held[name][1], fit[name][0], held[name][0], n_fit,
+                            kept.get(name), bn_of.get(name), options) for name, module in layers.items()]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(jobs), desc="refit", unit="layer", leave=False)
+        order = []
+
+        def make_hook(job):
+            def hook(module, args):
+                job(module, args)
+                order.append(job)
+                if bar is not None:
+                    bar.update(1)
+            return hook
+
+        handles = [job.module.register_forward_pre_hook(make_hook(job)) for job in jobs]
+        try:
+            with torch.no_grad():
+                after_logits = _first_output(restored(inputs))[n_fit:]
+        finally:
+            for h in handles:
+                h.remove()
+            if bar is not None:
+                bar.close()
+    finally:
+        original.train(was[0])
+        restored.train(was[1])
+    missing = [job.name for job in jobs if not job.done]
+    if missing:
+        raise ValueError(f"layers {missing[:5]} were not called by the forward pass; refit cannot see their inputs")
+    report.layers = [job.result for job in order if job.result is not None]
+    if before_logits is not None and len(after_logits):
+        ref = reference[n_fit:]
+        report.output_kl_before = _kl(ref, before_logits)
+        report.output_kl_after = _kl(ref, after_logits)
+    report.seconds = {"refit": time.perf_counter() - started}
+    return report
+
+
+def _distilled(original: nn.Module, options: dict, seed: int, example_inputs, progress: bool):
+    kw = dict(example_inputs=example_inputs, iterations=options["iterations"], progress=progress,
+              stats=options["stats"])
+    fit = distill_inputs(original, n=options["n"], seed=seed, **kw)
+    held = distill_inputs(original, n=options["heldout"], seed=seed + 1, **kw) if options["heldout"] else None
+    return fit, held
+
+
+def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None = None, *,
+          heldout: torch.Tensor | None = None, seed: int = 0, progress: bool = True, example_inputs=None,
+          **options):
+    """Refit the consumers of ``restored``'s pruned units so that each reproduces ``original``'s layer output.
+
+    Returns ``(refitted, report)``: a refitted copy of ``restored`` (``restored`` itself is not modified) and a
+    ``RefitReport``. ``inputs=None`` distils ``options['n']`` inputs from ``original``'s BatchNorm statistics plus
+    ``options['heldout']`` more with another seed (no data is read; cached per network); a tensor
+    ``(N, *input_shape)`` is the caller's own unlabelled inputs (``heldout`` inputs, else its last quarter, are
+    held out). ``options``: see ``REFIT_DEFAULTS`` (``alphas``, ``max_rows``, and for distillation ``n``,
+    ``heldout``, ``iterations``, ``stats``). Raises ``ValueError`` for inputs of the wrong shape, NaN/Inf inputs,
+    an ``original`` whose architecture does not match ``restored`` and a singular system.
+    """
+    options = check_refit_options(options)
+    _check_pair(original, restored)
+    shape = _input_shape_of(original, example_inputs, inputs)
+    started = time.perf_counter()
+    if inputs is None:
+        if heldout is not None:
+            raise ValueError("heldout inputs need inputs: pass both, or neither to distil them")
+        fit, held = _distilled(original, options, seed, example_inputs, progress)
+        source = "distilled"
+    else:
+        fit = _check_inputs(inputs, "inputs", shape)
+        if heldout is None:
+            cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
+            fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
+        else:
+            held = _check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
+        source = "given"
+    distill_seconds = time.perf_counter() - started
+    spec = getattr(restored, "lbyl_spec", None)
+    kept = dict(spec.get("units", {})) if isinstance(spec, dict) else {}
+    out = copy.deepcopy(restored)
+    report = refit_consumers(original, out, fit, held, kept, options, progress=progress, seed=seed)
+    report.inputs = source
+    report.seconds = {"distill": distill_seconds, **report.seconds}
+    if isinstance(spec, dict):
+        out.lbyl_spec = dict(copy.deepcopy(spec), refit=refit_record(options, source))
+    return out, report
+
+
+def refit_record(options: dict, source: str) -> dict:
+    """What the spec records of a refit (plain data): where the inputs came from and the options."""
+    return {"inputs": source, **{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
+
+
+def _input_shape_of(model: nn.Module, example_inputs, inputs) -> tuple | None:
+    """One sample's shape the network takes, when it is known (from example inputs or the model)."""
+    try:
+        x = example_inputs_of(model, example_inputs)
+    except ValueError:
+        if inputs is None:
+            raise
+        return None
+    if isinstance(x, (tuple, list)):
+        x = x[0] if len(x) == 1 else None
+    return tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None
