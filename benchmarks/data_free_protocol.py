@@ -1,4 +1,4 @@
-"""The data-free hyperparameter protocol (``../shared/docs/data_free_hparams.md``) for one network and method.
+"""The data-free hyperparameter protocol (``docs/data_free.md``) for one network and method.
 
 Reads a ``restore.py`` grid run *on the test set* (``grid.csv``: every point's test top-1; the best point is
 the oracle no user has) and recomputes the data-free score of every grid point with

@@ -652,7 +652,8 @@ def cmd_restore_speed(args) -> int:
         try:
             from lbyl_pl.methods.lbyl import lbyl_delivery
             from lbyl_pl.selection import kept_count, select_kept
-            from lbyl_pl.units import prunable_units, unit_tensors
+            from lbyl_pl.prunable import prunable_units
+            from lbyl_pl.units import unit_tensors
             inputs = []
             for unit in prunable_units(model):
                 tensors = unit_tensors(unit)

@@ -13,7 +13,7 @@ weights with randomised BatchNorm running statistics (seeded); the output says w
 Timed, in one run, on identical inputs (kept indices and float64 unit tensors are prepared once and
 not timed):
 
-(a)  baseline, the reference code's approach (``Ridge.py``, method.md §5.2): for every pruned filter
+(a)  baseline, the reference code's approach (``Ridge.py``, docs/method.md §5.2): for every pruned filter
      build its m x m system in float64 and solve it with ``scipy.linalg.solve(A, b, assume_a='pos')``
      in a Python loop. ``G = Xᵀ X`` is computed once per layer (a stronger baseline than the
      reference, which recomputes it per filter; ``--gram-per-filter`` adds that literal variant).
@@ -75,7 +75,8 @@ from lbyl_pl.checkpoints import KNOWN_CHECKPOINTS, checkpoint_dir  # noqa: E402
 from lbyl_pl.methods.common import BN_FLOOR  # noqa: E402
 from lbyl_pl.methods.lbyl import lbyl_delivery  # noqa: E402
 from lbyl_pl.selection import kept_count, select_kept  # noqa: E402
-from lbyl_pl.units import prunable_units, unit_tensors  # noqa: E402
+from lbyl_pl.prunable import prunable_units  # noqa: E402
+from lbyl_pl.units import unit_tensors  # noqa: E402
 
 CRITERION = "l2-norm"
 CHECKPOINT_NAME = "vgg16_cifar10.pth"

@@ -31,6 +31,15 @@ def native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+HOLDOUT_SEED = 0
+
+
+def holdout_split(n: int, holdout: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training indices, held-out indices) of the CIFAR-10 training copy: a fixed permutation's last ``holdout``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(HOLDOUT_SEED))
+    return order[:n - holdout].sort().values, order[n - holdout:].sort().values
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("arch", choices=sorted(SMALL_CNNS))
@@ -38,6 +47,9 @@ def main():
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--holdout", type=int, default=5000,
+                   help="training images left out of training (the last ones of a seed-0 permutation), on which "
+                        "the refit's defaults are chosen; HOLDOUT_SEED fixes which")
     p.add_argument("--data", default=os.environ.get("LBYL_DATA", "data"))
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -45,8 +57,9 @@ def main():
     images, labels = load_cifar10_npz(args.data, "train")
     mean, std = NORMALIZATION["cifar10"]
     train = ArrayImageDataset(images, labels, mean, std)
-    x_all = torch.stack([train[i][0] for i in range(len(train))])
-    y_all = train.labels
+    keep = holdout_split(len(train), args.holdout)[0]
+    x_all = torch.stack([train[int(i)][0] for i in keep])
+    y_all = train.labels[keep]
     model = SMALL_CNNS[args.arch]()
     steps = args.epochs * (len(x_all) // args.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
@@ -83,10 +96,11 @@ def main():
               f"({time.time() - started:.0f} s)", flush=True)
     model.eval()
     test_images, test_labels = load_cifar10_npz(args.data, "test")
-    acc1 = evaluate(model, ArrayImageDataset(test_images, test_labels, mean, std))["acc1"]
+    acc1 = evaluate(model, ArrayImageDataset(test_images, test_labels, mean, std))["top1"]
     print(f"test top-1 (CIFAR-10 JPEG q75 copy, 10,000 images): {acc1:.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": model.state_dict(), "arch": args.arch, "acc1": float(acc1)}, args.out)
+    torch.save({"state_dict": model.state_dict(), "arch": args.arch, "acc1": float(acc1),
+                "holdout": args.holdout}, args.out)
 
 
 if __name__ == "__main__":

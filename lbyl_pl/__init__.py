@@ -9,7 +9,8 @@ from .methods import METHODS
 from .models import ARCHITECTURES, build_model
 from .restoration import RestorationReport, prune_and_restore, restore_from_spec
 from .selection import CRITERIA
-from .units import PrunableUnit, prunable_units
+from .prunable import prunable_units
+from .units import PrunableUnit
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,9 @@ When fitting, surgery happens in ``setup`` (before the optimizer and the DDP wra
 both see the final parameters); when only validating or testing, at ``on_validation_start`` /
 ``on_test_start``; never during the sanity check. A network that already carries a pruning spec is
 not restored again. Restoration is deterministic, and its spec is compared across ranks, so every
-rank holds the same network. The report (coefficient statistics, params/FLOPs) goes to the logger.
+rank holds the same network. ``refit=True`` (or a dict of options) refits the pruned layers on inputs
+distilled from the network (``lbyl_pl.refit``; no data is read, ``seed`` seeds the distillation). The report
+(coefficient statistics, params/FLOPs, the refit's output error) goes to the logger.
 Checkpoints carry the spec; ``load_restored_checkpoint`` reloads them into the pruned shapes.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .methods import make_method
 from .checkpoints import read_checkpoint
+from .refit import check_refit_options
 from .restoration import prune_and_restore, restore_from_spec
 from .selection import check_criterion, check_ratio
 
@@ -47,10 +50,11 @@ def reinitialize(net: torch.nn.Module, seed: int) -> None:
 class RestoreCallback(Callback):
     def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper", *,
                  init: str = "restored", seed: int = 0, module: str | None = None, example_inputs=None,
-                 units: list[str] | None = None, **hparams):
+                 units: list[str] | None = None, refit=False, **hparams):
         # the method object checks its own hyperparameters (lbyl_pl.METHODS): bad input fails here, not
         # in the middle of a fit
         self.method = make_method(method, variant, **hparams)
+        self.refit = _check_refit(refit)
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
         check_criterion(criterion)
@@ -89,7 +93,7 @@ class RestoreCallback(Callback):
         self.spec = state_dict.get("spec")
 
     def retarget(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper",
-                 **hparams) -> "RestoreCallback":
+                 refit=False, **hparams) -> "RestoreCallback":
         """Point this callback at another cell (method, criterion, ratio and the method's hyperparameters,
         checked as in ``__init__``) and forget the last restoration; ``init``, ``seed``, ``module``,
         ``example_inputs`` and ``units`` stay. For sweeps that reuse one Trainer: put the unpruned network
@@ -98,6 +102,7 @@ class RestoreCallback(Callback):
         restorer = make_method(method, variant, **hparams)
         check_criterion(criterion)
         check_ratio(ratio)
+        self.refit = _check_refit(refit)
         self.method, self.criterion, self.ratio = restorer, criterion, ratio
         self.report = self.spec = None
         return self
@@ -167,7 +172,8 @@ class RestoreCallback(Callback):
         # Validation runs under inference_mode; parameters made there could never be trained later.
         with torch.inference_mode(False):
             restored, report = prune_and_restore(net.cpu(), self.method, self.criterion, self.ratio,
-                                                 units=self.units, example_inputs=example_inputs)
+                                                 units=self.units, example_inputs=example_inputs,
+                                                 refit=self.refit, seed=self.seed)
             if self.init == "scratch":
                 reinitialize(restored, self.seed)
                 restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")
@@ -194,11 +200,24 @@ class RestoreCallback(Callback):
                    "restore/flops_before": report.flops_before, "restore/flops_after": report.flops_after,
                    "restore/coef_abs_mean": report.coef_abs_mean, "restore/coef_abs_max": report.coef_abs_max,
                    "restore/coef_abs_min": report.coef_abs_min}
+        if report.refit is not None:
+            metrics.update({"restore/refit_kl_before": report.refit.output_kl_before,
+                            "restore/refit_kl_after": report.refit.output_kl_after})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=0)
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
                 experiment.add_text("restore/report", "```\n" + report.format() + "\n```", 0)
+
+
+def _check_refit(refit):
+    """``refit``: False, True or a dict of refit options (``lbyl_pl.refit.REFIT_DEFAULTS``), checked now."""
+    if refit is False or refit is None:
+        return False
+    if refit is not True and not isinstance(refit, dict):
+        raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
+    check_refit_options({} if refit is True else refit)
+    return refit
 
 
 def _replace(root: torch.nn.Module, path: str, module: torch.nn.Module) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -60,18 +61,42 @@ def find_checkpoint(name: str, directory: str | os.PathLike | None = None, verif
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint file safely (``weights_only=True``) with a clear error for unreadable files."""
+    """Load a checkpoint file safely (``weights_only=True``) with a clear error for unreadable files.
+
+    A file that the weights-only loader refuses (pickled objects or code) is reported as such; torch's own
+    text, which suggests loading it unsafely, is never relayed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, pickle with code objects, random bytes, ...
-        raise ValueError(f"cannot read checkpoint {path}: {type(err).__name__}: {str(err)[:200]} "
-                         "(truncated or not a weights-only torch file?)") from None
+        raise ValueError(_unreadable(path, err)) from None
     if not isinstance(obj, dict):
         raise ValueError(f"checkpoint {path} holds a {type(obj).__name__}, expected a dict or state dict")
     return obj
+
+
+WEIGHTS_ONLY = ("lbyl-pl only loads weights-only files (tensors, numbers and strings in dicts and lists) and "
+                "never unpickles objects: save a state dict, e.g. torch.save(model.state_dict(), path)")
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """The one-line reason why ``torch.load(path, weights_only=True)`` failed with ``err``."""
+    text = str(err)
+    if "weights only" not in text.lower() and "weights_only" not in text:
+        detail = " ".join(text.split())[:200]
+        return (f"cannot read checkpoint {path}: {type(err).__name__}{': ' + detail if detail else ''} "
+                "(truncated or not a torch file?)")
+    # torch's message advises loading the file unsafely: keep only what names the refused content
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return (f"checkpoint {path} is not a weights-only checkpoint: it holds pickled Python objects or code "
+                f"(GLOBAL {found.group(1)}); {WEIGHTS_ONLY}")
+    found = re.search(r"Unsupported operand (\d+)", text)
+    detail = f" (unsupported pickle opcode {found.group(1)})" if found else ""
+    return (f"checkpoint {path} is not a weights-only checkpoint: the weights-only loader refuses its pickle"
+            f"{detail}: it holds pickled objects or code, or is no torch file at all; {WEIGHTS_ONLY}")
 
 
 def _state_dict_and_spec(obj: dict) -> tuple[dict, dict | None]:

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from .discovery import example_inputs_of
+from .prunable import prunable_units
 from .surgery import UnitPlan, apply_plans, selection_matrix
-from .units import prunable_units
 
 __all__ = ["UnitCheck", "check_units"]
 

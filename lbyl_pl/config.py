@@ -79,6 +79,10 @@ DEFAULTS: dict = {
         # the data-free choice ("auto" tables): distilled images, distillation iterations, score (kl | agreement
         # | mse); defaults measured in lbyl_pl/data_free.py
         "auto": {"n": 32, "iterations": 100, "metric": "kl"},
+        # refit the pruned layers on inputs distilled from the network (lbyl_pl.refit; no data is read): false,
+        # true, or both (each method's column without and with the refit); refit_options: lbyl_pl.refit options
+        "refit": False,
+        "refit_options": {},
         "save_checkpoints": False,
         # Hyperparameter search: every combination is evaluated on the eval set (use a held-out split,
         # data.eval_on=holdout, never the test set) and the best top-1 per criterion and ratio is kept.
@@ -96,7 +100,8 @@ DEFAULTS: dict = {
                 "enable_progress_bar": True, "threads": None},
 }
 
-FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams"), ("restore", "grid")}
+FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams"), ("restore", "grid"),
+             ("restore", "refit_options")}
 # per-cell hyperparameter tables that may be "auto": chosen without data for every cell
 AUTO = "auto"
 AUTO_SECTIONS = {("restore", "lambdas"), ("restore", "nm")}

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset
 __all__ = ["data_dir", "NORMALIZATION", "ArrayImageDataset", "load_fashion_mnist", "load_cifar10_npz",
            "CIFAR10_NPZ_SPLITS", "evaluate"]
 
-NORMALIZATION = {  # (mean, std) per dataset, method.md §7
+NORMALIZATION = {  # (mean, std) per dataset, docs/method.md §7
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
     "fashion_mnist": ((0.5,), (0.5,)),

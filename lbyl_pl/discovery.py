@@ -223,19 +223,22 @@ def _trace(model: nn.Module, example_inputs):
         for module, mode in was_training.items():
             module.training = mode
     if failure is not None:
-        # Blame the tracer only for an input that the model itself accepts.
-        rejection = _input_rejection(model, inputs)
-        if rejection is not None:
-            raise ValueError(rejection) from failure
-        raise ValueError(f"the tracer (Torch-Pruning {_tp_version()}) cannot handle "
-                         f"{type(model).__name__}: {type(failure).__name__}: {str(failure)[:200]}") from failure
+        message = (f"the tracer (Torch-Pruning {_tp_version()}) cannot handle {type(model).__name__}: "
+                   f"{type(failure).__name__}: {' '.join(str(failure).split())[:200]}")
+        rejection = _input_rejection(model, inputs)  # blame the tracer only for an input the model accepts
+        if rejection is None:
+            raise ValueError(message) from failure
+        shape, expects, error = rejection
+        message = "" if expects else f"; {message}"  # a wrong channel count says all there is to say
+        raise ValueError(f"example input of shape {shape} does not fit {type(model).__name__}: "
+                         f"{expects or 'its own forward fails on it'} ({error}){message}") from failure
     return tp, graph, int(flops.get_total_flops()), calls, out_numel
 
 
-def _input_rejection(model: nn.Module, inputs: tuple) -> str | None:
-    """Why ``model`` itself rejects ``inputs`` (a plain forward under ``no_grad``, in eval mode so that no
-    BN statistic moves), or ``None`` when that forward runs. Names the input shape and, where the input
-    does not match it, what the first Conv2d / Linear (in module order) expects."""
+def _input_rejection(model: nn.Module, inputs: tuple) -> tuple | None:
+    """Whether ``model`` itself rejects ``inputs``: a plain forward under ``no_grad``, in eval mode so that no
+    BN statistic moves. ``None`` when that forward runs, else ``(input shape, what the first Conv2d / Linear
+    in module order expects where the input does not match it (or ""), the forward's error)``."""
     was_training = {m: m.training for m in model.modules()}
     try:
         model.eval()
@@ -255,11 +258,11 @@ def _input_rejection(model: nn.Module, inputs: tuple) -> str | None:
     if first is not None and x is not None:
         name, layer = first
         if isinstance(layer, nn.Conv2d) and (x.dim() < 3 or x.shape[-3] != layer.in_channels):
-            expects = f": its first layer {name} expects {layer.in_channels} input channels"
+            expects = f"its first layer {name} expects {layer.in_channels} input channels"
         elif isinstance(layer, nn.Linear) and x.dim() >= 1 and x.shape[-1] != layer.in_features \
                 and (x[0].numel() if x.dim() >= 2 else x.numel()) != layer.in_features:
-            expects = f": its first layer {name} expects {layer.in_features} input features"
-    return f"example input of shape {shape} does not fit {type(model).__name__}{expects} ({error})"
+            expects = f"its first layer {name} expects {layer.in_features} input features"
+    return shape, expects, error
 
 
 def _discover(model: nn.Module, example_inputs) -> Discovery:

@@ -14,7 +14,8 @@ from .selection import check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover, example_inputs_of
 from .refit import RefitReport, check_refit_options, refit_consumers, refit_record
-from .units import prunable_units, unit_tensors
+from .prunable import prunable_units
+from .units import unit_tensors
 
 __all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
            "count_params", "count_flops"]

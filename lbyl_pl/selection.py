@@ -1,4 +1,4 @@
-"""Selection: which filters of a layer are kept (``method.md`` §1).
+"""Selection: which filters of a layer are kept (``docs/method.md`` §1).
 
 A criterion maps a layer's *original* weight matrix ``W`` (one row per output filter, flattened over
 inputs; for fully-connected layers the bias is appended to each row, §11) to the indices it keeps.
@@ -12,11 +12,12 @@ import math
 
 import torch
 
-from .units import all_finite
+from .units import all_finite, consumer_columns, folded_producer
 
 __all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores", "register_criterion"]
 
-# name -> score(weight, unit); filled by @register_criterion below (and by methods that bring their own)
+# name -> score(weight, unit); filled by @register_criterion below, so it is complete once this module is
+# imported (a method's own criterion, such as Intra-Fusion's IF-l1, is defined here too)
 CRITERIA: dict = {}
 COUNT_RULES = ("floor", "round")
 
@@ -115,6 +116,19 @@ def random_2(weight, unit=None):  # keeps the last m filters
 @register_criterion("random_3")
 def random_3(weight, unit=None):  # keeps the first m filters
     return -torch.arange(weight.shape[0], dtype=torch.float64)
+
+
+@register_criterion("IF-l1", needs_unit=True)
+def intra_fusion_importance(weight, unit=None):
+    """Intra-Fusion's own importance (its spec §1.3, see ``lbyl_pl.methods.fusion``; p = 1): per channel, the mean over the unit's members of
+    the L1 norm of its weights (the BN-folded producer filter, without the bias, and every consumer's
+    input slice), divided by its mean over channels. Needs the unit, not only the filters."""
+    if unit is None:
+        raise ValueError("criterion 'IF-l1' reads the unit's BatchNorm and consumers: pass the PrunableUnit")
+    folded, _ = folded_producer(unit, "paper")
+    members = [folded, *consumer_columns(unit)]
+    importance = torch.stack([m.abs().sum(dim=1) for m in members]).mean(dim=0)
+    return importance / importance.mean().clamp_min(1e-300)
 
 
 def criterion_scores(weight: torch.Tensor, criterion: str, unit=None) -> torch.Tensor:

@@ -2,7 +2,7 @@
 
 For every unit the layer keeps rows ``k`` (and its BN is sliced to ``k``), channel-wise passthrough
 modules keep channels ``k``, and each consumer's input channels are replaced by ``U' = U S``
-(``method.md`` §5.3), where ``S`` (``n x m``) is the delivery matrix a restoration method computed.
+(``docs/method.md`` §5.3), where ``S`` (``n x m``) is the delivery matrix a restoration method computed.
 Modules are resized in place on a deep copy, so their classes and attributes are kept.
 A module may be both a consumer and a pruned layer (ResNet bottleneck conv2): its input-side
 compensation and output-side slicing act on different axes and commute (§5.5).

@@ -10,7 +10,8 @@ producer's module path, so a unit never depends on state-dict positions.
 
 Units are found on the traced graph (``lbyl_pl.discovery``); a built-in architecture only selects
 the ones the paper prunes (its ``select_units``), and a model that the tracer cannot handle may
-declare its own through a ``prunable_units()`` method.
+declare its own through a ``prunable_units()`` method; ``lbyl_pl.prunable.prunable_units`` does both.
+This module is a leaf of the package's import graph: it imports nothing from ``lbyl_pl``.
 """
 from __future__ import annotations
 
@@ -19,9 +20,14 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-__all__ = ["PrunableUnit", "UnitTensors", "prunable_units", "select_producers", "unit_tensors", "module_names"]
+__all__ = ["BN_FLOOR", "PrunableUnit", "UnitTensors", "consumer_columns", "folded_producer", "module_names",
+           "select_producers", "unit_tensors"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+# The floor of |gamma| and of sigma (BN variances) in the restoration algebra (``methods.common``) and in
+# Intra-Fusion's BN fold: a clamped channel behaves as a channel with a tiny scale.
+BN_FLOOR = 1e-12
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,7 +36,7 @@ class PrunableUnit:
     bn: nn.Module | None
     consumers: tuple[nn.Module, ...]
     passthrough: tuple[nn.Module, ...] = ()
-    count_rule: str = "floor"  # "floor" for conv nets, "round" for LeNet (method.md §1, §11)
+    count_rule: str = "floor"  # "floor" for conv nets, "round" for LeNet (docs/method.md §1, §11)
     name: str = field(default="")
     features_per_channel: tuple[int, ...] = ()  # per consumer; empty means 1 each
     activations: tuple[str, ...] = ()           # non-linearities between BN and consumers (traced)
@@ -98,51 +104,10 @@ def module_names(model: nn.Module) -> dict[int, str]:
     return {id(module): name for name, module in model.named_modules()}
 
 
-def _named(unit: PrunableUnit, names: dict[int, str], model: nn.Module) -> PrunableUnit:
-    for module in unit.modules:
-        if id(module) not in names:
-            raise ValueError(f"a prunable unit of {type(model).__name__} refers to a module outside the model")
-    return replace(unit, name=names[id(unit.layer)],
-                   consumer_names=tuple(names[id(m)] for m in unit.consumers),
-                   passthrough_names=tuple(names[id(m)] for m in unit.passthrough))
-
-
-def prunable_units(model: nn.Module, example_inputs=None, units=None) -> list[PrunableUnit]:
-    """The units ``prune_and_restore`` works on.
-
-    A model with a ``prunable_units()`` method declares them; otherwise they are discovered on the
-    traced graph (``example_inputs``, default zeros of ``model.example_input_size``), and a built-in
-    architecture's ``select_units`` keeps the paper's choice among them. ``units`` (producer module
-    names) restricts the result.
-    """
-    names = module_names(model)
-    declare = getattr(model, "prunable_units", None)
-    if declare is not None:
-        found = [_named(unit, names, model) for unit in declare()]
-    else:
-        from .discovery import discover_units
-        found = discover_units(model, example_inputs)
-        select = getattr(model, "select_units", None)
-        if select is not None:
-            found = select(found)
-        found = [_named(unit, names, model) for unit in found]
-    if units is not None:
-        if isinstance(units, str):
-            units = [units]
-        by_name = {u.name: u for u in found}
-        unknown = [u for u in units if u not in by_name]
-        if unknown:
-            raise ValueError(f"units= names {unknown[:5]} that are not prunable units of {type(model).__name__}; "
-                             f"allowed: {', '.join(list(by_name)[:20])}{' ...' if len(by_name) > 20 else ''}")
-        wanted = set(units)
-        found = [u for u in found if u.name in wanted]
-    return found
-
-
 def select_producers(units: list[PrunableUnit], producers, model: nn.Module, **changes) -> list[PrunableUnit]:
     """The discovered units whose producers are ``producers`` (module references, in that order).
 
-    How a built-in architecture states the paper's choice of layers (``method.md`` §2); ``changes``
+    How a built-in architecture states the paper's choice of layers (``docs/method.md`` §2); ``changes``
     (e.g. ``count_rule="round"``) are applied to every selected unit. A producer that discovery did
     not return as a unit is an error, never a silently smaller selection.
     """
@@ -180,3 +145,40 @@ def unit_tensors(unit: PrunableUnit) -> UnitTensors:
         if not all_finite(getattr(tensors, label)):
             raise ValueError(f"BatchNorm after {unit.name!r} has NaN or Inf in its {label}")
     return tensors
+
+
+def folded_producer(unit: PrunableUnit, variant: str):
+    """The producer's ``(n, d)`` weight rows and ``(n,)`` bias (or ``None``) with the BN folded in, float64
+    (Intra-Fusion's fold: its restoration and its ``IF-l1`` criterion)."""
+    layer = unit.layer
+    weight = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
+    bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else None
+    bn = unit.bn
+    if bn is None:
+        return weight, bias
+    n = weight.shape[0]
+    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
+    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"BatchNorm of {unit.name!r}: Intra-Fusion needs running statistics "
+                         "(track_running_stats=True)")
+    mean, var = bn.running_mean.detach().double(), bn.running_var.detach().double()
+    if variant == "paper":
+        scale = gamma / torch.sqrt(var.clamp_min(BN_FLOOR))  # the reference: sqrt(var), no eps
+    else:
+        scale = gamma / torch.sqrt(var.clamp_min(0.0) + bn.eps)
+    folded_bias = ((bias if bias is not None else 0.0) - mean) * scale + beta
+    return weight * scale[:, None], folded_bias
+
+
+def consumer_columns(unit: PrunableUnit) -> list[torch.Tensor]:
+    """For every consumer, the ``(n, d_c)`` float64 matrix whose row ``i`` is everything it reads of channel
+    ``i``: ``U[:, i]`` over its outputs and kernel (a Linear after a flatten reads ``features`` inputs)."""
+    columns = []
+    n = unit.n_channels
+    for module, features in zip(unit.consumers, unit.features_per_channel):
+        U = module.weight.detach().to(torch.float64)
+        U = U.reshape(U.shape[0], n, features, *U.shape[2:])  # (out, n, features, *kernel)
+        columns.append(U.movedim(1, 0).reshape(n, -1))
+    return columns
+

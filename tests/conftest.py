@@ -1,7 +1,7 @@
 """Shared set-up for the lbyl_pl tests: one CPU thread, fixed seeds, tiny models and helpers.
 
 Helpers are exposed as fixtures (``tiny_net``, ``randomize_bn``, ``unit_tensors_factory``) so the test
-modules never import from this file.
+modules never import from this file; every fixture lives here (``pipeline_helpers`` holds plain functions).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from torch import nn  # noqa: E402
 
 from lbyl_pl import PrunableUnit  # noqa: E402
 from lbyl_pl.units import BN_TYPES, UnitTensors  # noqa: E402
+from pipeline_helpers import DISTRIBUTED_ENV  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -28,6 +29,19 @@ def _fixed_seeds():
     np.random.seed(0)
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def clean_distributed_env():
+    """Drops the variables that seed_everything() and DDP leave in ``os.environ`` after each test, so no
+    test sees another's."""
+    before = {key: os.environ.get(key) for key in DISTRIBUTED_ENV}
+    yield
+    for key, value in before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture
@@ -57,7 +71,7 @@ def randomize_bn_stats(model: nn.Module, seed: int = 0) -> nn.Module:
 class TinyConvNet(nn.Module):
     """``conv1 -> bn1 -> act -> conv2 -> bn2 -> act -> avgpool -> fc``; two prunable units.
 
-    ``act`` is ReLU by default; ``nn.Identity()`` gives the linear regime of method.md §5.6.2.
+    ``act`` is ReLU by default; ``nn.Identity()`` gives the linear regime of docs/method.md §5.6.2.
     """
 
     def __init__(self, c_in: int = 3, c1: int = 8, c2: int = 6, num_classes: int = 4,

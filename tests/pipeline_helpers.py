@@ -1,12 +1,12 @@
 """Shared helpers of the Lightning pipeline / CLI tests (test_pipeline_units, test_cli, test_resume,
-test_ddp). Plain functions and classes, imported by those modules; fixtures live in the test files."""
+test_ddp). Plain functions and classes, imported by those modules; fixtures live in conftest.py (among them
+``clean_distributed_env``, which restores the ``DISTRIBUTED_ENV`` variables after every test)."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
 
-import pytest
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -48,19 +48,6 @@ class LogitsNet(nn.Module):
 
 DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "PL_GLOBAL_SEED", "PL_SEED_WORKERS", "LOCAL_RANK", "NODE_RANK",
                    "WORLD_SIZE", "RANK")
-
-
-@pytest.fixture(autouse=True)
-def clean_distributed_env():
-    """Import into a test module (autouse there): drops the variables that seed_everything() and DDP
-    leave in ``os.environ`` after each test, so no test sees another's."""
-    before = {key: os.environ.get(key) for key in DISTRIBUTED_ENV}
-    yield
-    for key, value in before.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def subprocess_env() -> dict:

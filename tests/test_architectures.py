@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lbyl_pl import ARCHITECTURES, build_model, load_restored, load_weights, prune_and_restore, save_restored
-from lbyl_pl.units import prunable_units
+from lbyl_pl.prunable import prunable_units
 
 INPUT_SIZE = {
     "lenet300": (2, 1, 28, 28),

@@ -1,15 +1,24 @@
 """Bad inputs fail early with a clear error that names the bad value."""
 from __future__ import annotations
 
+import argparse
+import os
+import pickle
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import lbyl_pl.data
-from lbyl_pl import build_model, find_checkpoint, load_restored, load_weights, prune_and_restore
+from lbyl_pl import build_model, discover_units, find_checkpoint, load_restored, load_weights, prune_and_restore
 from lbyl_pl.checkpoints import KNOWN_CHECKPOINTS, read_checkpoint
+from lbyl_pl.cli import finetune, restore, train
+from lbyl_pl.cli.common import check_trainer_config
+from lbyl_pl.config import ConfigError, load_config
 from lbyl_pl.data import load_cifar10_npz, load_fashion_mnist
 from lbyl_pl.methods.lbyl import lbyl_delivery
 from lbyl_pl.restoration import restore_from_spec
@@ -112,6 +121,25 @@ def test_model_without_any_unit_names_the_skipped_groups():
         prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=torch.zeros(1, 3, 8, 8))
 
 
+def test_example_input_with_the_wrong_channel_count():
+    torchvision = pytest.importorskip("torchvision")
+    model = torchvision.models.resnet18()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError) as err:
+        prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=torch.zeros(1, 1, 224, 224))
+    message = str(err.value)
+    assert message.startswith("example input of shape [1, 1, 224, 224] does not fit ResNet: its first layer conv1 "
+                              "expects 3 input channels (RuntimeError: "), message
+    assert "tracer" not in message and "\n" not in message
+    assert model.training and all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # untouched
+
+
+def test_example_input_with_the_wrong_feature_count(lenet):
+    with pytest.raises(ValueError, match=r"^example input of shape \[1, 1, 20, 20\] does not fit LeNet300: its "
+                                         r"first layer ip1 expects 784 input features \(RuntimeError: "):
+        discover_units(lenet, torch.zeros(1, 1, 20, 20))
+
+
 def test_model_not_a_module():
     with pytest.raises(TypeError, match="model must be a torch.nn.Module, got dict"):
         prune_and_restore({"ip1.weight": torch.zeros(3)}, "lbyl", "l2-norm", 0.5)
@@ -153,6 +181,38 @@ def test_checkpoint_with_nan(tmp_path, lenet):
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"tensor 'ip2\.bias' contains NaN or Inf"):
         load_weights(build_model("lenet300"), path)
+
+
+class Pickled:
+    """Not a tensor, number, string, list or dict: only an unsafe (full) unpickling can rebuild it."""
+
+
+@pytest.mark.parametrize("content,needle", [
+    (lambda: {"state_dict": build_model("lenet300").state_dict(), "args": argparse.Namespace(lr=0.1)},
+     "(GLOBAL argparse.Namespace)"),
+    (lambda: {"state_dict": {}, "net": Pickled()}, f"(GLOBAL {__name__}.Pickled)"),
+])
+def test_checkpoint_holding_pickled_objects(tmp_path, content, needle):
+    path = tmp_path / "full.pth"
+    torch.save(content(), path)
+    with pytest.raises(ValueError) as err:
+        load_weights(build_model("lenet300"), path)
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {path} is not a weights-only checkpoint: it holds pickled Python "
+                              "objects or code "), message
+    assert needle in message and "lbyl-pl only loads weights-only files" in message
+    assert "weights_only=False" not in message and "weights_only` set to `False" not in message
+    assert "\n" not in message
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+def test_plain_pickle_is_not_a_weights_only_checkpoint(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"weights": [1.0, 2.0]}, protocol=4))
+    with pytest.raises(ValueError, match=r"is not a weights-only checkpoint: .*lbyl-pl only loads weights-only "
+                                         r"files") as err:
+        read_checkpoint(path)
+    assert "weights_only=False" not in str(err.value) and "\n" not in str(err.value)
 
 
 def test_checkpoint_not_a_dict(tmp_path):
@@ -223,3 +283,76 @@ def test_unknown_cifar_split(tmp_path):
 def test_missing_cifar_file(tmp_path):
     with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "cifar10_test.npz"))):
         load_cifar10_npz(tmp_path, "test")
+
+
+# -- trainer settings of the entry points -----------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_CONFIG = str(REPO / "configs" / "synthetic_tiny.yaml")
+
+
+def assert_one_line_error(rc, capsys, *needles):
+    assert rc == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.mark.parametrize("entry_point", [restore, train, finetune], ids=lambda m: m.__name__.rpartition(".")[2])
+def test_zero_devices_is_a_one_line_error(tmp_path, capsys, entry_point):
+    out = tmp_path / "run"
+    rc = entry_point.cli(["--config", TINY_CONFIG, "--output-dir", str(out), "trainer.devices=0"])
+    assert_one_line_error(rc, capsys, "trainer.devices=0 is not allowed", "a positive number of devices",
+                          "-1", "'auto'", "list")
+    assert not out.exists()  # rejected before the run directory is made
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("trainer.devices=[]", "trainer.devices=[] is not allowed"),
+    ("trainer.devices=-2", "trainer.devices=-2 is not allowed"),
+    ("trainer.devices=1.5", "trainer.devices=1.5 is not allowed"),
+    ("trainer.devices=[0,0]", "trainer.devices=[0, 0] is not allowed"),
+    ("trainer.devices=two", "trainer.devices='two' is not allowed"),
+    ("trainer.devices=-1", "trainer.devices=-1 is not allowed with trainer.accelerator=cpu; use a positive"),
+    ("trainer.devices=[0]", "trainer.devices=[0] is not allowed with trainer.accelerator=cpu"),
+    ("trainer.num_nodes=0", "trainer.num_nodes=0 is not allowed; use a positive integer"),
+    ("trainer.max_epochs=-5", "trainer.max_epochs=-5 is not allowed"),
+    ("trainer.limit_val_batches=2.5", "trainer.limit_val_batches=2.5 is not allowed"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 is not allowed"),
+    ("trainer.threads=0", "trainer.threads=0 is not allowed"),
+    ("trainer.deterministic=maybe", "trainer.deterministic='maybe' is not allowed; use true, false or 'warn'"),
+])
+def test_bad_trainer_setting_is_a_one_line_error(tmp_path, capsys, override, needle):
+    rc = restore.cli(["--config", TINY_CONFIG, "--output-dir", str(tmp_path / "run"), override])
+    assert_one_line_error(rc, capsys, needle)
+
+
+@pytest.mark.parametrize("devices", [1, 2, -1, "auto", [0], [0, 1]])
+def test_good_devices_pass_the_check(devices):
+    config = load_config([TINY_CONFIG], ["trainer.accelerator=gpu"])
+    config["trainer"]["devices"] = devices
+    check_trainer_config(config)
+    config["trainer"]["devices"] = 0
+    with pytest.raises(ConfigError, match="trainer.devices=0 is not allowed"):
+        check_trainer_config(config)
+
+
+def test_devices_the_automatic_accelerator_cannot_take_are_a_one_line_error(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine accelerator=auto takes device lists")
+    rc = restore.cli(["--config", TINY_CONFIG, "--output-dir", str(tmp_path / "run"), "trainer.accelerator=auto",
+                      "trainer.devices=[0]"])
+    assert_one_line_error(rc, capsys, "trainer.devices=[0] does not suit the accelerator here "
+                                      "(trainer.accelerator='auto')")
+
+
+def test_zero_devices_from_the_command_line(tmp_path):
+    """The issue's command: ``python restore.py --config configs/synthetic_tiny.yaml trainer.devices=0``."""
+    result = subprocess.run([sys.executable, "restore.py", "--config", TINY_CONFIG, "--output-dir",
+                             str(tmp_path / "run"), "trainer.devices=0"], cwd=REPO, capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: trainer.devices=0 is not allowed"), result.stderr

@@ -16,7 +16,6 @@ from lbyl_pl import build_model, evaluate, load_restored
 from lbyl_pl.cli import finetune, report, restore, train
 from lbyl_pl.datamodules import SyntheticDataset
 from pipeline_helpers import LENET, REPO, TINY, read_curve, state_dict_of, tiny_args
-from pipeline_helpers import clean_distributed_env  # noqa: F401 (autouse fixture)
 
 torch.set_num_threads(1)
 

@@ -15,7 +15,6 @@ import torch
 
 from lbyl_pl.cli import finetune, restore, train
 from pipeline_helpers import DDP_CPU, LENET, PYTHON, REPO, read_curve, state_dict_of, subprocess_env, tiny_args
-from pipeline_helpers import clean_distributed_env  # noqa: F401 (autouse fixture)
 
 torch.set_num_threads(1)
 

@@ -13,7 +13,7 @@ from torchvision.models.resnet import Bottleneck
 from lbyl_pl import build_model, check_units, discover, discover_units, load_restored, prune_and_restore, \
     save_restored
 from lbyl_pl.restoration import count_flops
-from lbyl_pl.units import prunable_units
+from lbyl_pl.prunable import prunable_units
 
 
 # -- the hand-written declarations the built-ins used before discovery (the reference) ----------------

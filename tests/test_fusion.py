@@ -1,4 +1,4 @@
-"""Intra-Fusion (``method="fusion"``): what must hold (``../shared/docs/intra_fusion.md`` §1.4-§1.6, §4)."""
+"""Intra-Fusion (``method="fusion"``): what must hold (``docs/intra_fusion.md`` §1.4-§1.6, §4)."""
 from __future__ import annotations
 
 import copy
@@ -11,7 +11,8 @@ from lbyl_pl import load_restored, prune_and_restore, save_restored
 from lbyl_pl.methods import IntraFusion, get_method
 from lbyl_pl.methods.fusion import consumer_columns, folded_producer, transport_map
 from lbyl_pl.selection import select_kept
-from lbyl_pl.units import prunable_units, unit_tensors
+from lbyl_pl.prunable import prunable_units
+from lbyl_pl.units import unit_tensors
 
 
 def _plan(model, kept, variant="paper"):

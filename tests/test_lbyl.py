@@ -1,4 +1,4 @@
-"""LBYL (method.md §5): the §5.6 invariants for both variants, the solvers against an independent
+"""LBYL (docs/method.md §5): the §5.6 invariants for both variants, the solvers against an independent
 per-filter reference built straight from the §5.2 formulas, singular systems, and the FC ridge."""
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from torch import nn
 from lbyl_pl import prune_and_restore
 from lbyl_pl.methods.lbyl import SingularSystemError, lbyl_delivery, lbyl_system
 from lbyl_pl.surgery import selection_matrix
-from lbyl_pl.units import UnitTensors, prunable_units, unit_tensors
+from lbyl_pl.prunable import prunable_units
+from lbyl_pl.units import UnitTensors, unit_tensors
 
 VARIANTS = ("paper", "exact")
 SOLVERS = ("shared", "batched")
@@ -253,7 +254,7 @@ def test_shared_and_batched_solvers_match_reference(unit_tensors_factory, n, d, 
 
 def float32_reference_delivery(t: UnitTensors, kept, lambda1, lambda2, variant):
     """``reference_delivery`` on float32 copies of the tensors: numpy builds every system in float32 and
-    scipy solves it with LAPACK sposv, as the authors' Ridge.py does (method.md §5.2)."""
+    scipy solves it with LAPACK sposv, as the authors' Ridge.py does (docs/method.md §5.2)."""
     t32 = UnitTensors(*(x.to(torch.float32) for x in (t.weight, t.gamma, t.beta, t.mean, t.var)), t.eps)
     return reference_delivery(t32, kept, lambda1, lambda2, variant)
 
@@ -412,7 +413,7 @@ def test_fc_ridge_exact_recovery(unit_tensors_factory):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_chained_units_use_original_weights(tiny_net, variant):
     """conv2 is both the consumer of unit 1 and the pruned layer of unit 2: its coefficients come from
-    its original full-input weights, and the two edits act on different axes (method.md §5.5)."""
+    its original full-input weights, and the two edits act on different axes (docs/method.md §5.5)."""
     model = tiny_net(c1=8, c2=6)
     units = prunable_units(model)
     t1, t2 = unit_tensors(units[0]), unit_tensors(units[1])

@@ -1,4 +1,4 @@
-"""Neuron Merging (method.md §4): exactness, the coded scale/bias formulas, threshold, guards, FC."""
+"""Neuron Merging (docs/method.md §4): exactness, the coded scale/bias formulas, threshold, guards, FC."""
 from __future__ import annotations
 
 import pytest
@@ -7,7 +7,8 @@ import torch
 from lbyl_pl import build_model, prune_and_restore
 from lbyl_pl.methods.merge import merge_delivery
 from lbyl_pl.surgery import selection_matrix
-from lbyl_pl.units import UnitTensors, prunable_units, unit_tensors
+from lbyl_pl.prunable import prunable_units
+from lbyl_pl.units import UnitTensors, unit_tensors
 
 VARIANTS = ("paper", "exact")
 
@@ -61,7 +62,7 @@ def test_paper_variant_scale_formula_as_coded(one_unit_net):
     var = t.var  # the reference plugs in the running variance as sigma
     for p, (c, r) in pairs.items():
         j = kept.index(c)
-        # roles of p and c swapped relative to the exact algebra (method.md §4.1 caveat)
+        # roles of p and c swapped relative to the exact algebra (docs/method.md §4.1 caveat)
         expected = r * (t.gamma[c] / t.gamma[p]) * (var[p] / var[c])
         assert S[p, j].item() == pytest.approx(expected.item(), rel=1e-12)
         assert torch.count_nonzero(S[p]).item() == 1

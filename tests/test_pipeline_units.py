@@ -16,7 +16,6 @@ from lbyl_pl.config import DEFAULTS, ConfigError, apply_override, load_config, l
 from lbyl_pl.datamodules import AugmentedDataset, EpochSampler, EvalShardSampler, SyntheticDataset
 from lbyl_pl.module import ClassifierModule
 from pipeline_helpers import LogitsNet, quiet_trainer
-from pipeline_helpers import clean_distributed_env  # noqa: F401 (autouse fixture)
 
 torch.set_num_threads(1)
 

@@ -29,7 +29,8 @@ from torch import nn
 from lbyl_pl import prune_and_restore
 from lbyl_pl.selection import CRITERIA, criterion_scores, kept_count, select_kept
 from lbyl_pl.surgery import UnitPlan, apply_plans, selection_matrix
-from lbyl_pl.units import prunable_units, unit_tensors
+from lbyl_pl.prunable import prunable_units
+from lbyl_pl.units import unit_tensors
 
 torch.set_num_threads(1)
 

@@ -1,4 +1,4 @@
-"""Reproduction on the shared checkpoints and datasets (method.md §11); skipped when they are absent.
+"""Reproduction on the shared checkpoints and datasets (docs/method.md §11); skipped when they are absent.
 
 Run with ``LBYL_CHECKPOINTS=/path/to/checkpoints LBYL_DATA=/path/to/data``.
 """
@@ -18,10 +18,10 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 LENET_CKPT = "lenet300_fashionmnist_authors.pth.tar"
 RESNET56_CKPT = "resnet56_cifar10_nm.pth.tar"
-TOL = 0.02  # points of top-1 (method.md §11)
+TOL = 0.02  # points of top-1 (docs/method.md §11)
 
 # LBYL README table (l2-norm, lambda1 = 0): ratio -> (lambda2, LBYL, NM, prune). NM at 50 % is the
-# measured 88.38; the published 87.86 repeats the prune figure (a known slip, method.md §11).
+# measured 88.38; the published 87.86 repeats the prune figure (a known slip, docs/method.md §11).
 LBYL_TABLE = {
     0.5: (0.3, 88.83, 88.38, 87.86),
     0.6: (0.6, 87.75, 88.07, 83.03),

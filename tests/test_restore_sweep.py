@@ -22,7 +22,6 @@ from lbyl_pl import build_model, evaluate, prune_and_restore, save_restored
 from lbyl_pl.cli import restore
 from lbyl_pl.datamodules import SyntheticDataset
 from pipeline_helpers import LENET, PYTHON, REPO, subprocess_env, tiny_args
-from pipeline_helpers import clean_distributed_env  # noqa: F401 (autouse fixture)
 
 torch.set_num_threads(1)
 

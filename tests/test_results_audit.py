@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+# its own marker group: `pytest -m audit` runs only the audit, `-m "not audit"` everything else
+pytestmark = pytest.mark.audit
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_README = ROOT / "results" / "README.md"
 README = ROOT / "README.md"

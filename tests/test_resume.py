@@ -25,7 +25,6 @@ from pytorch_lightning import Callback
 import lbyl_pl.cli.finetune as finetune
 import lbyl_pl.cli.train as train
 from pipeline_helpers import LENET, read_curve, tiny_args
-from pipeline_helpers import clean_distributed_env  # noqa: F401 (autouse fixture)
 
 torch.set_num_threads(1)
 

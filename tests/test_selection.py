@@ -1,4 +1,4 @@
-"""Selection (method.md §1): kept counts and every pruning criterion on hand-made weights."""
+"""Selection (docs/method.md §1): kept counts and every pruning criterion on hand-made weights."""
 from __future__ import annotations
 
 import pytest
@@ -9,9 +9,10 @@ from lbyl_pl.selection import CRITERIA, criterion_scores, kept_count, select_kep
 
 # the criteria computed from the filters alone (IF-l1 also reads the unit's BN and consumers)
 FILTER_CRITERIA = [name for name, score in CRITERIA.items() if not score.needs_unit]
-from lbyl_pl.units import prunable_units, unit_tensors
+from lbyl_pl.prunable import prunable_units
+from lbyl_pl.units import unit_tensors
 
-# method.md §1 table: m = int((1 - r) * n)
+# docs/method.md §1 table: m = int((1 - r) * n)
 KEPT_TABLE = {
     0.1: {64: 57, 128: 115, 256: 230, 512: 460},
     0.2: {64: 51, 128: 102, 256: 204, 512: 409},
@@ -28,7 +29,7 @@ def test_kept_count_floor_matches_method_table(ratio):
 
 
 def test_kept_count_vgg_cfg_r01():
-    # the hard-coded reference cfg at r = 0.1 (method.md §1)
+    # the hard-coded reference cfg at r = 0.1 (docs/method.md §1)
     widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
     assert [kept_count(w, 0.1) for w in widths] == [57, 57, 115, 115, 230, 230, 230, 460, 460, 460,
                                                      460, 460, 460]
@@ -168,7 +169,7 @@ def test_select_kept_rejects_bad_n_keep():
 
 
 def test_fc_criterion_sees_weight_row_and_bias():
-    # method.md §11: FC criteria are computed on [w, b]; a neuron with tiny weights but a large bias
+    # docs/method.md §11: FC criteria are computed on [w, b]; a neuron with tiny weights but a large bias
     # is kept by l2-norm.
     model = build_model("lenet300")
     unit = prunable_units(model)[1]  # ip2: 100 neurons x 300 inputs

@@ -42,7 +42,54 @@ def resolve_config(args) -> dict:
     overrides = list(args.overrides)
     if args.output_dir:
         overrides.append(f"output_dir={args.output_dir}")
-    return load_config(args.config, overrides)
+    config = load_config(args.config, overrides)
+    check_trainer_config(config)
+    return config
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_trainer_config(config: dict) -> None:
+    """Reject the ``trainer`` values that Lightning would only report with a traceback (or later, or not
+    at all): a ``ConfigError`` naming the bad value and what is allowed. Names of accelerators,
+    strategies and precisions are left to Lightning, which reports them as one-line ``ValueError``."""
+    t = config["trainer"]
+
+    def bad(key, allowed, when=""):
+        raise ConfigError(f"trainer.{key}={t[key]!r} is not allowed{when}; use {allowed}")
+
+    devices = t["devices"]
+    if not (devices == "auto" or (_is_int(devices) and (devices >= 1 or devices == -1))
+            or (isinstance(devices, list) and devices and all(_is_int(d) and d >= 0 for d in devices)
+                and len(set(devices)) == len(devices))):
+        bad("devices", "a positive number of devices, -1 (all), 'auto', or a non-empty list of distinct "
+                       "device indices such as [0, 1]")
+    if t["accelerator"] == "cpu" and not (devices == "auto" or (_is_int(devices) and devices >= 1)):
+        bad("devices", "a positive number of processes or 'auto' (-1 and lists of device indices are for GPUs)",
+            " with trainer.accelerator=cpu")
+    if not (_is_int(t["num_nodes"]) and t["num_nodes"] >= 1):
+        bad("num_nodes", "a positive integer")
+    if not (t["max_epochs"] is None or (_is_int(t["max_epochs"]) and t["max_epochs"] >= -1)):
+        bad("max_epochs", "a non-negative integer, -1 (no limit) or null (Lightning's default)")
+    for key in ("limit_train_batches", "limit_val_batches"):
+        value = t[key]
+        if not (value is None or (_is_int(value) and value >= 0)
+                or (isinstance(value, float) and 0.0 <= value <= 1.0)):
+            bad(key, "null (all batches), a number of batches (an integer >= 0) or a fraction in [0.0, 1.0]")
+    if not (_is_int(t["log_every_n_steps"]) and t["log_every_n_steps"] >= 1):
+        bad("log_every_n_steps", "a positive integer")
+    if not (t.get("threads") is None or (_is_int(t["threads"]) and t["threads"] >= 1)):
+        bad("threads", "null (torch's default) or a positive integer")
+    if not (isinstance(t["deterministic"], bool) or t["deterministic"] == "warn"):
+        bad("deterministic", "true, false or 'warn'")
+    for key in ("enable_progress_bar", "channels_last"):
+        if not isinstance(t[key], bool):
+            bad(key, "true or false")
+    for key in ("accelerator", "strategy"):
+        if not (isinstance(t[key], str) and t[key]):
+            bad(key, "a name such as 'auto'")
 
 
 def prepare_output_dir(path: str | os.PathLike) -> Path:
@@ -154,7 +201,9 @@ def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | No
     ones (e.g. ``enable_progress_bar=False``, ``strategy="ddp"``)."""
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import TensorBoardLogger
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+    check_trainer_config(config)
     t = config["trainer"]
     if logger is True:
         logger = TensorBoardLogger(str(out), name="tensorboard", version="", default_hp_metric=False)
@@ -171,7 +220,17 @@ def build_trainer(config: dict, out: Path, *, callbacks=(), max_epochs: int | No
         inference_mode=False,
         default_root_dir=str(out), logger=logger, callbacks=list(callbacks))
     arguments.update(overrides)
-    trainer = pl.Trainer(**arguments)
+    try:
+        trainer = pl.Trainer(**arguments)
+    except MisconfigurationException as err:  # e.g. trainer.accelerator=gpu on a machine without one
+        message = " ".join(str(err).split())
+        raise ConfigError(f"the trainer settings are not usable here: {message}") from None
+    except TypeError as err:  # devices that the accelerator chosen (e.g. by 'auto') cannot take
+        if "devices" not in str(err):
+            raise
+        message = " ".join(str(err).split())
+        raise ConfigError(f"trainer.devices={arguments['devices']!r} does not suit the accelerator here "
+                          f"(trainer.accelerator={arguments['accelerator']!r}): {message}") from None
     if trainer.is_global_zero:  # the ranks are known once the Trainer exists
         warn_slow_bf16(config)
     return trainer

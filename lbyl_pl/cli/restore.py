@@ -1,4 +1,7 @@
-"""restore.py: data-free restoration tables (original, then every method x criterion x ratio)."""
+"""restore.py: data-free restoration tables (original, then every method x criterion x ratio).
+
+restore.refit=both adds each method with the refit of the pruned layers on inputs distilled from the network
+(no data is read; restore.refit_options: n, heldout, iterations, stats, alphas, max_rows)."""
 from __future__ import annotations
 
 import sys
@@ -13,6 +16,7 @@ from ..config import AUTO, ConfigError, lookup_ratio, save_config
 from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
+from ..refit import check_refit_options
 from ..restoration import prune_and_restore
 from .common import (build_trainer, load_network, make_parser, quiet_lightning, resolve_config, run, start_run,
                      write_csv, write_json, write_text_atomic)
@@ -24,6 +28,29 @@ CIFAR10_NPZ_COPIES = {"train": "JPEG q75 copy", "test": "JPEG q75 copy", "lossle
 
 def title(method: str) -> str:
     return get_method(method).title
+
+
+REFIT_MODES = {False: [False], True: [True], "both": [False, True]}
+REFIT_SUFFIX = " + refit"
+
+
+def refit_modes(config: dict) -> list[bool]:
+    """``restore.refit``: false, true or both (each method without and with the refit), its options checked."""
+    value = config["restore"]["refit"]
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        value = value.lower() == "true"
+    if not (isinstance(value, bool) or value == "both"):
+        raise ConfigError(f"restore.refit must be false, true or both, got {value!r}")
+    try:
+        check_refit_options(config["restore"]["refit_options"])
+    except ValueError as err:
+        raise ConfigError(f"restore.refit_options: {err}") from None
+    return REFIT_MODES[value]
+
+
+def column(method: str, refit: bool) -> str:
+    """A table column's name: the method's title, with the refit marked."""
+    return title(method) + (REFIT_SUFFIX if refit else "")
 
 
 def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> dict:
@@ -140,7 +167,8 @@ def validate(trainer, module, datamodule) -> dict:
 
 
 def format_markdown(config, original, rows) -> str:
-    methods = config["restore"]["methods"]
+    modes = refit_modes(config)
+    methods = [(x, refit) for x in config["restore"]["methods"] for refit in modes]
     m, d = config["model"], config["data"]
     solver_note = " (float32 reference-precision solves)" if config["restore"]["solver"] == "reference" else ""
     split = d["eval_split"] if d["eval_on"] == "test" else "holdout"
@@ -157,27 +185,30 @@ def format_markdown(config, original, rows) -> str:
         lines += [f"{', '.join(auto)} hyperparameters marked (auto) were chosen without data "
                   "(lbyl_pl.auto_hparams: inputs distilled from the network's BatchNorm statistics); "
                   "no dataset was read to choose them.", ""]
-    by_cell = {}  # (criterion, ratio) -> {method: row}
+    if any(modes):
+        lines += [f"Columns marked{REFIT_SUFFIX} refit the pruned layers on inputs distilled from the network's "
+                  "BatchNorm statistics (lbyl_pl.refit); no data was read.", ""]
+    by_cell = {}  # (criterion, ratio) -> {(method, refit): row}
     for r in rows:
-        by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"]] = r
+        by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"], bool(r.get("refit"))] = r
     # one column per method that has per-cell hyperparameters (LBYL's lambdas, NM's t / lambda)
-    tuned = [x for x in methods if get_method(x).table_hparams]
+    tuned = [x for x in config["restore"]["methods"] if get_method(x).table_hparams]
     for criterion in config["restore"]["criteria"]:
         lines += [f"## {criterion}", "",
                   "| ratio | " + "".join(f"{title(x)} {' / '.join(get_method(x).table_hparams)} | " for x in tuned)
-                  + " | ".join(title(x) for x in methods) + " |",
+                  + " | ".join(column(*x) for x in methods) + " |",
                   "|---" * (1 + len(tuned) + len(methods)) + "|"]
         for ratio in config["restore"]["ratios"]:
             cells = by_cell[criterion, float(ratio)]
             # each method's row holds its resolved hyperparameters (e.g. NM's architecture-default threshold)
-            values = "".join(" / ".join(f"{cells[x][name]:g}" for name in get_method(x).table_hparams)
-                             + (" (auto)" if cells[x].get("auto") else "") + " | " for x in tuned)
+            values = "".join(" / ".join(f"{cells[x, modes[0]][name]:g}" for name in get_method(x).table_hparams)
+                             + (" (auto)" if cells[x, modes[0]].get("auto") else "") + " | " for x in tuned)
             lines.append(f"| {ratio:.0%} | {values}" + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
         lines.append("")
-    compensating = [x for x in methods if x != "prune"]
+    compensating = [(x, modes[0]) for x in config["restore"]["methods"] if x != "prune"]  # the refit changes none
     if compensating:  # the paper's Table A9: how large the delivered coefficients are
         lines += ["## |delivered coefficient| of the pruned filters (mean / max / min)", "",
-                  "| criterion | ratio | " + " | ".join(title(x) for x in compensating) + " |",
+                  "| criterion | ratio | " + " | ".join(column(*x) for x in compensating) + " |",
                   "|---" * (2 + len(compensating)) + "|"]
         for (criterion, ratio), cells in by_cell.items():
             lines.append(f"| {criterion} | {ratio:.0%} | " + " | ".join(
@@ -187,34 +218,41 @@ def format_markdown(config, original, rows) -> str:
     return "\n".join(lines)
 
 
-def evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion, ratio, hp):
+def evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion, ratio, hp, refit=False):
     """Restore ``net`` (RestoreCallback, before validation) and evaluate it: one row of the table, and the
     restored network (this process's own; recomputed only where spawned workers did the restoring)."""
-    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=config["restore"]["variant"], **hp)
+    refit_options = dict(config["restore"]["refit_options"]) if refit else False
+    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=config["restore"]["variant"],
+                  refit=refit_options, **hp)
     module.set_net(net)  # the unpruned network itself: prune_and_restore never modifies it, so no copy
     callback.retarget(**kwargs)
     result = validate(trainer, module, datamodule)
     report, restored = callback.report, module.net
     if report is None:  # ddp_spawn kept (restore.py called with argv): the spawned workers restored
-        restored, report = prune_and_restore(net, **kwargs)
+        restored, report = prune_and_restore(net, seed=config["seed"], **kwargs)
     resolved = dict(report.hparams)  # with the defaults the method filled in (e.g. NM's threshold)
     row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": kwargs["variant"],
            **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
            "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
            "coef_abs_min": report.coef_abs_min, "params": report.params_after, "flops": report.flops_after}
+    if report.refit is not None:  # marked, with the output error on the held-out distilled inputs before and after
+        row.update(refit=True, refit_kl_before=report.refit.output_kl_before,
+                   refit_kl_after=report.refit.output_kl_after)
     return row, restored
 
 
 def plan_sweep(config: dict) -> list[tuple]:
     """Every ``(criterion, ratio, method, grid points, auto)`` cell of the table, each point checked: a bad name
     or value fails here, before the (long) evaluation of the original network. ``auto``: the method's per-cell
-    hyperparameters are chosen without data once the network is loaded."""
+    hyperparameters are chosen without data once the network is loaded; then whether the refit follows
+    (``restore.refit``: one cell each for false and true with ``both``)."""
     r = config["restore"]
     for key in ("methods", "criteria", "ratios"):
         if not isinstance(r[key], list) or not r[key]:
             raise ConfigError(f"restore.{key} must be a non-empty list (e.g. restore.ratios=[0.3,0.5]), "
                               f"got {r[key]!r}")
     check_grid(r["grid"])
+    modes = refit_modes(config)
     cells = []
     for criterion in r["criteria"]:
         for ratio in r["ratios"]:
@@ -227,7 +265,8 @@ def plan_sweep(config: dict) -> list[tuple]:
                                       f"({criterion}, {ratio}) and restore.grid searches it too: choose one")
                 for point in points:
                     RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
-                cells.append((criterion, ratio, method, points, auto))
+                for refit in modes:
+                    cells.append((criterion, ratio, method, points, auto, refit))
     return cells
 
 
@@ -279,16 +318,16 @@ def main(argv=None) -> int:
         say(f"original: top-1 {original['acc1']:.2f}  top-5 {original['acc5']:.2f}")
         callback.active = True
         rows, tried = [], []
-        for criterion, ratio, method, points, auto in cells:
+        for criterion, ratio, method, points, auto, refit in cells:
             best = None
             if auto:  # every rank chooses (deterministic for the seed; distilled inputs cached per network)
                 bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}: choosing without data")
                 points = [choose_without_data(config, net, method, criterion, ratio, points[0],
                                               progress=main_rank and t["enable_progress_bar"])]
             for point in points:
-                bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}")  # the cell being evaluated
+                bar.set_postfix_str(f"{criterion} r={ratio} {column(method, refit)}")  # the cell being evaluated
                 row, restored = evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion,
-                                              ratio, point)
+                                              ratio, point, refit)
                 bar.update()
                 if auto:
                     row["auto"] = True
@@ -297,9 +336,12 @@ def main(argv=None) -> int:
                     best = (row, restored)
             row, restored = best
             rows.append(row)
-            say(f"{criterion:>9} r={ratio:<5} {title(method):>5}: top-1 {row['acc1']:.2f}  top-5 {row['acc5']:.2f}")
+            say(f"{criterion:>9} r={ratio:<5} {column(method, refit):>5}: top-1 {row['acc1']:.2f}  "
+                f"top-5 {row['acc5']:.2f}")
             if r["save_checkpoints"] and main_rank:
-                save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}.pth", acc1=row["acc1"])
+                suffix = "_refit" if refit else ""
+                save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}{suffix}.pth",
+                              acc1=row["acc1"])
     finally:
         bar.close()
     if not main_rank:

@@ -1,15 +1,15 @@
-"""BatchNorm algebra shared by Neuron Merging and LBYL (``method.md`` §0, §8)."""
+"""BatchNorm algebra shared by Neuron Merging and LBYL (``docs/method.md`` §0, §8)."""
 from __future__ import annotations
 
 import torch
 
-from ..units import UnitTensors
+from ..units import BN_FLOOR as _BN_FLOOR, UnitTensors
 
 VARIANTS = ("paper", "exact")
 
 # |gamma| and sigma are clamped to this floor: the reference has no guard and would divide by zero
-# (method.md §5.2 "Edge cases", §12.4). A clamped channel behaves as a channel with a tiny scale.
-BN_FLOOR = 1e-12
+# (docs/method.md §5.2 "Edge cases", §12.4). A clamped channel behaves as a channel with a tiny scale.
+BN_FLOOR = _BN_FLOOR  # 1e-12, defined with the unit types (Intra-Fusion's BN fold uses it too)
 
 
 def check_variant(variant: str) -> None:

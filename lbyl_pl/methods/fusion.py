@@ -1,6 +1,6 @@
 """Intra-Fusion (IF; Theus et al., "Towards Meta-Pruning via Optimal Transport", ICLR 2024), data-free.
 
-Specification: ``../shared/docs/intra_fusion.md`` (written from the reference code). For one unit
+Specification: ``docs/intra_fusion.md`` (written from the reference code). For one unit
 (producer -> BN -> channel-wise ops -> consumers), with the kept set chosen by the run's criterion:
 
 1. Fold the BN into the producer: ``w_i <- w_i g_i / s_i``, ``b_i <- (b_i - mu_i) g_i / s_i + beta_i`` with
@@ -22,8 +22,10 @@ No data, no lambda and no randomness. Units are restored independently from the 
 and the input-side fusion of the unit before it act on different axes and commute. Channel-wise
 passthrough modules (MobileNet-V2's depthwise conv) are sliced, not fused.
 
-IF's own importance (spec §1.3) is registered as the criterion ``IF-l1``: the mean over the unit's members
-(folded producer, each consumer) of the L1 norm of a channel's weights.
+IF's own importance (spec §1.3) is the criterion ``IF-l1`` (``lbyl_pl.selection``, registered there so that
+the criteria are complete whatever was imported): the mean over the unit's members (folded producer, each
+consumer) of the L1 norm of a channel's weights. The BN fold and the consumer columns both use are
+``lbyl_pl.units.folded_producer`` and ``consumer_columns``.
 """
 from __future__ import annotations
 
@@ -31,11 +33,10 @@ import warnings
 
 import torch
 
-from ..selection import register_criterion
 from ..surgery import selection_matrix
-from ..units import PrunableUnit
+from ..units import consumer_columns, folded_producer
 from .base import Hyperparameter, ProducerUpdate, RestorationMethod, UnitRestoration, check_choice, register
-from .common import BN_FLOOR, check_int, check_nonnegative
+from .common import check_int, check_nonnegative
 
 PRODUCER_RULES = ("sum", "mean")
 DEFAULT_MAX_ITER = 100_000  # POT's default, which the reference does not raise
@@ -46,41 +47,6 @@ def _check_cost_p(value):
     if value < 1:
         raise ValueError(f"cost_p must be >= 1 (the cost must be a metric), got {value!r}")
     return value
-
-
-def folded_producer(unit: PrunableUnit, variant: str):
-    """The producer's ``(n, d)`` weight rows and ``(n,)`` bias (or ``None``) with the BN folded in, float64."""
-    layer = unit.layer
-    weight = layer.weight.detach().to(torch.float64).reshape(layer.weight.shape[0], -1)
-    bias = layer.bias.detach().to(torch.float64) if layer.bias is not None else None
-    bn = unit.bn
-    if bn is None:
-        return weight, bias
-    n = weight.shape[0]
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
-    if bn.running_mean is None or bn.running_var is None:
-        raise ValueError(f"BatchNorm of {unit.name!r}: Intra-Fusion needs running statistics "
-                         "(track_running_stats=True)")
-    mean, var = bn.running_mean.detach().double(), bn.running_var.detach().double()
-    if variant == "paper":
-        scale = gamma / torch.sqrt(var.clamp_min(BN_FLOOR))  # the reference: sqrt(var), no eps
-    else:
-        scale = gamma / torch.sqrt(var.clamp_min(0.0) + bn.eps)
-    folded_bias = ((bias if bias is not None else 0.0) - mean) * scale + beta
-    return weight * scale[:, None], folded_bias
-
-
-def consumer_columns(unit: PrunableUnit) -> list[torch.Tensor]:
-    """For every consumer, the ``(n, d_c)`` float64 matrix whose row ``i`` is everything it reads of channel
-    ``i``: ``U[:, i]`` over its outputs and kernel (a Linear after a flatten reads ``features`` inputs)."""
-    columns = []
-    n = unit.n_channels
-    for module, features in zip(unit.consumers, unit.features_per_channel):
-        U = module.weight.detach().to(torch.float64)
-        U = U.reshape(U.shape[0], n, features, *U.shape[2:])  # (out, n, features, *kernel)
-        columns.append(U.movedim(1, 0).reshape(n, -1))
-    return columns
 
 
 def _l2_rows(x: torch.Tensor) -> torch.Tensor:
@@ -155,16 +121,3 @@ class IntraFusion(RestorationMethod):
         elif fused_bias is not None:
             update.bias = fused_bias
         return UnitRestoration(T.T.contiguous(), update)
-
-
-@register_criterion("IF-l1", needs_unit=True)
-def intra_fusion_importance(weight, unit=None):
-    """Intra-Fusion's own importance (spec §1.3, p = 1): per channel, the mean over the unit's members of
-    the L1 norm of its weights (the BN-folded producer filter, without the bias, and every consumer's
-    input slice), divided by its mean over channels. Needs the unit, not only the filters."""
-    if unit is None:
-        raise ValueError("criterion 'IF-l1' reads the unit's BatchNorm and consumers: pass the PrunableUnit")
-    folded, _ = folded_producer(unit, "paper")
-    members = [folded, *consumer_columns(unit)]
-    importance = torch.stack([m.abs().sum(dim=1) for m in members]).mean(dim=0)
-    return importance / importance.mean().clamp_min(1e-300)

@@ -1,4 +1,4 @@
-"""LBYL: many-to-one compensation by a closed-form ridge solve (``method.md`` §5).
+"""LBYL: many-to-one compensation by a closed-form ridge solve (``docs/method.md`` §5).
 
 For a BN unit, every pruned filter ``p`` solves (§5.2)
 
@@ -216,7 +216,7 @@ class LBYL(RestorationMethod):
     config_table = "lambdas"
     table_hparams = ("lambda1", "lambda2")
     # published VGG16 / ResNet-50 / ResNet-101 lambda1 lie in [1e-6, 5e-4] (one outlier at 0.9) and lambda2
-    # in [7e-5, 1.0] (LeNet: up to 1.3), method.md §6.1
+    # in [7e-5, 1.0] (LeNet: up to 1.3), docs/method.md §6.1
     auto_grid = {"lambda1": (1e-6, 1e-5, 1e-4), "lambda2": (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
 
     def restore_unit(self, unit, tensors, kept):

@@ -1,4 +1,4 @@
-"""Neuron Merging (NM): one-to-one compensation (``method.md`` §4).
+"""Neuron Merging (NM): one-to-one compensation (``docs/method.md`` §4).
 
 Each pruned filter is merged into at most one kept filter. For BN units the partner minimises
 ``lambda * cosine distance + (1 - lambda) * normalised bias mismatch``; for fully-connected units
@@ -17,7 +17,7 @@ from .base import Hyperparameter, RestorationMethod, UnitRestoration, register
 from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
 
 # The Neuron Merging scripts' threshold for conv nets; a network may set its own
-# (``default_nm_threshold``: 0.45 for LeNet-300-100, method.md §12.2).
+# (``default_nm_threshold``: 0.45 for LeNet-300-100, docs/method.md §12.2).
 DEFAULT_THRESHOLD = 0.1
 
 

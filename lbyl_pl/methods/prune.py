@@ -1,4 +1,4 @@
-"""Plain structural pruning (``method.md`` §3): drop the channels, compensate nothing."""
+"""Plain structural pruning (``docs/method.md`` §3): drop the channels, compensate nothing."""
 from __future__ import annotations
 
 import torch

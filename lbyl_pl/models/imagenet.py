@@ -13,7 +13,7 @@ from ..units import select_producers
 
 
 def resnet_units(model: ResNet, units) -> list:
-    """BasicBlock: conv1 -> conv2. Bottleneck: conv1 -> conv2 and conv2 -> conv3 (method.md §2).
+    """BasicBlock: conv1 -> conv2. Bottleneck: conv1 -> conv2 and conv2 -> conv3 (docs/method.md §2).
 
     Residual channels (conv2 of BasicBlock, conv3 of Bottleneck) are coupled across the adds and
     never units; the stem (a unit with two consumers in Bottleneck ResNets) and fc are not pruned.
@@ -52,7 +52,7 @@ class ResNet101(ResNet):
 
 
 class MobileNetV2Prunable(MobileNetV2):
-    """MobileNet-V2 with "the first layer of each block" pruned (method.md §2, §10.5).
+    """MobileNet-V2 with "the first layer of each block" pruned (docs/method.md §2, §10.5).
 
     This project's reading, since no reference code exists: in every inverted-residual block with an
     expansion layer (expand_ratio != 1, i.e. all blocks but the first), the output channels of the

@@ -10,7 +10,7 @@ class LeNet300(nn.Module):
     """``flatten(784) -> ip1 -> ReLU -> ip2 -> ReLU -> ip3``; keys ``ip{1,2,3}.{weight,bias}``."""
 
     example_input_size = (1, 1, 28, 28)
-    default_nm_threshold = 0.45  # the Neuron Merging scripts' LeNet setting (method.md §12.2)
+    default_nm_threshold = 0.45  # the Neuron Merging scripts' LeNet setting (docs/method.md §12.2)
 
     def __init__(self, num_classes: int = 10, in_features: int = 784):
         super().__init__()
@@ -24,5 +24,5 @@ class LeNet300(nn.Module):
         return self.ip3(self.relu(self.ip2(self.relu(self.ip1(x)))))
 
     def select_units(self, units):
-        # Both hidden layers; counts use round() and criteria see [w, b] (method.md §11).
+        # Both hidden layers; counts use round() and criteria see [w, b] (docs/method.md §11).
         return select_producers(units, [self.ip1, self.ip2], self, count_rule="round")

@@ -1,4 +1,4 @@
-"""VGG16-BN for CIFAR (network-slimming layout of the NM/LBYL reference, method.md §2)."""
+"""VGG16-BN for CIFAR (network-slimming layout of the NM/LBYL reference, docs/method.md §2)."""
 from __future__ import annotations
 
 from torch import nn
