@@ -204,7 +204,7 @@ def bn_statistics_loss(model: nn.Module, inputs: torch.Tensor, stats: str = DEFA
 def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_inputs=None,
                    iterations: int = DEFAULT_ITERATIONS, progress: bool = True, *, stats: str = DEFAULT_STATS,
                    lr: float | None = None, batch_size: int | None = None, bn_free: str = "deepinversion",
-                   cache: bool = True) -> torch.Tensor:
+                   cache: bool = True, class_weight: float = 0.0) -> torch.Tensor:
     """``n`` synthetic inputs distilled from ``model`` alone (no data), shape ``(n, *input_shape)``.
 
     ZeroQ-style: start from Gaussian noise of the model's input shape (taken from ``example_inputs`` or
@@ -232,6 +232,10 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
     Neither made the data-free score trustworthy on LeNet-300-100, so ``auto_hparams`` does not use them
     unless asked (its ``bn_free`` argument).
 
+    ``class_weight`` > 0 adds DeepInversion's class-conditional term to the BatchNorm loss of a network with
+    BN: that weight times the cross-entropy of image ``i``'s output towards class ``i % num_classes``
+    (balanced classes).
+
     Deterministic for a given ``seed`` (``torch.Generator``; identical tensors on repeated calls with
     the same thread settings). Results are cached in memory, keyed by a sha256 of the model's state-dict
     tensors plus ``n``, ``seed``, ``iterations``, the input shape and the other options, so a sweep over
@@ -250,14 +254,18 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     if batch_size is not None:
         check_int("batch_size", batch_size)
+    if isinstance(class_weight, bool) or not isinstance(class_weight, (int, float)) or \
+            not math.isfinite(class_weight) or class_weight < 0:
+        raise ValueError(f"class_weight must be a finite number >= 0, got {class_weight!r}")
     shape = _input_shape(model, example_inputs)
     param = _param(model)
     key = (_state_hash(model), shape, int(n), int(seed), int(iterations), stats, float(lr),
-           batch_size or n, bn_free, str(param.dtype), str(param.device))
+           batch_size or n, bn_free, str(param.dtype), str(param.device), float(class_weight))
     if cache and key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key].clone()
-    x = _synthesize(model, shape, n, seed, iterations, progress, stats, lr, batch_size or n, bn_free)
+    x = _synthesize(model, shape, n, seed, iterations, progress, stats, lr, batch_size or n, bn_free,
+                    float(class_weight))
     if cache:
         _CACHE[key] = x.clone()
         while len(_CACHE) > _CACHE_SIZE:
@@ -265,7 +273,7 @@ def distill_inputs(model: nn.Module, n: int = DEFAULT_N, seed: int = 0, example_
     return x
 
 
-def _synthesize(model, shape, n, seed, iterations, progress, stats, lr, batch_size, bn_free):
+def _synthesize(model, shape, n, seed, iterations, progress, stats, lr, batch_size, bn_free, class_weight=0.0):
     param = _param(model)
     g = torch.Generator().manual_seed(int(seed))
     start = torch.randn((n, *shape), generator=g, dtype=torch.float32).to(param.dtype).to(param.device)
@@ -291,6 +299,8 @@ def _synthesize(model, shape, n, seed, iterations, progress, stats, lr, batch_si
                     out = _forward(model, x)
                     if has_bn:
                         loss = hooks.pop(x) + _input_prior(x, stats)
+                        if class_weight:  # DeepInversion's class-conditional term, balanced classes
+                            loss = loss + class_weight * F.cross_entropy(out.float(), targets % out.shape[1]).to(x.dtype)
                     else:  # DeepInversion without BN: confident, class-balanced outputs and image priors
                         loss = F.cross_entropy(out.float(), targets % out.shape[1]).to(x.dtype) \
                             + DI_TV_WEIGHT * _total_variation(x) + DI_L2_WEIGHT * x.pow(2).mean()

@@ -232,3 +232,47 @@ def test_defaults_are_checked():
     assert check_refit_options({})["alphas"] == tuple(REFIT_DEFAULTS["alphas"])
     with pytest.raises(ValueError, match="stats must be one of image, batch, both"):
         check_refit_options({"stats": "pixel"})
+
+
+def test_restore_callback_refits(tmp_path, randomize_bn):
+    """``RestoreCallback(refit=...)`` on a LightningModule: the network is refitted, the spec records it and a
+    checkpoint reloads the refitted weights."""
+    import pytorch_lightning as pl
+
+    from lbyl_pl import RestoreCallback, load_restored_checkpoint
+
+    class Module(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(
+                nn.Conv2d(3, 12, 3, padding=1, bias=False), nn.BatchNorm2d(12), nn.ReLU(),
+                nn.Conv2d(12, 10, 3, padding=1, bias=False), nn.BatchNorm2d(10), nn.ReLU(),
+                nn.Flatten(), nn.Linear(10 * 8 * 8, 5))
+            self.example_input_array = torch.zeros(1, 3, 8, 8)
+
+        def forward(self, x):
+            return self.backbone(x)
+
+    module = Module()
+    randomize_bn(module)
+    module.eval()
+    original = copy.deepcopy(module.backbone)
+    callback = RestoreCallback("lbyl", "l2-norm", 0.5, refit=dict(FAST))
+    callback.apply(module)
+    assert module.backbone.lbyl_spec["refit"]["inputs"] == "distilled"
+    assert callback.report.refit.output_kl_after < callback.report.refit.output_kl_before
+    plain, _ = prune_and_restore(original, "lbyl", "l2-norm", 0.5, example_inputs=torch.zeros(1, 3, 8, 8))
+    assert not torch.equal(plain[3].weight, module.backbone[3].weight)  # the refit changed the consumer
+    path = tmp_path / "cb.ckpt"
+    trainer = pl.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[callback])
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(path)
+    loaded = load_restored_checkpoint(Module(), path)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(x), module.eval()(x))
+    with pytest.raises(ValueError, match="refit must be True, False or a dict"):
+        RestoreCallback("lbyl", refit="yes")
+    with pytest.raises(ValueError, match="unknown refit option"):
+        RestoreCallback("lbyl", refit={"alpha": 1})
