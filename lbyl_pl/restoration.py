@@ -10,17 +10,17 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .methods import make_method
-from .selection import check_criterion, check_ratio, kept_count, select_kept
+from .energy import channel_energy
+from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover, example_inputs_of
 from .refit import RefitReport, check_refit_options, refit_consumers, refit_record
 from .prunable import prunable_units
+from .spec import SPEC_FORMAT, attach_spec
 from .units import unit_tensors
 
 __all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
            "count_params", "count_flops"]
-
-SPEC_FORMAT = "lbyl-pl/pruning-spec/v1"
 
 
 @dataclass
@@ -117,8 +117,10 @@ def pruned_flops(found, model: nn.Module, restored: nn.Module) -> int:
     return total
 
 
-def select_stage(units, tensors_of, criterion: str, ratio: float, kept: dict | None) -> dict[str, list[int]]:
-    """Stage 1, selection: the kept output indices of every unit (``kept`` fixes some of them by unit name)."""
+def select_stage(units, tensors_of, criterion: str, ratio: float, kept: dict | None,
+                 energy: dict | None = None) -> dict[str, list[int]]:
+    """Stage 1, selection: the kept output indices of every unit (``kept`` fixes some of them by unit name).
+    ``energy``: each unit's per-channel activation energy, for criteria that read inputs."""
     kept_sets = {}
     for unit in units:
         n = unit.n_channels
@@ -128,7 +130,8 @@ def select_stage(units, tensors_of, criterion: str, ratio: float, kept: dict | N
                     unit_kept[0] < 0 or unit_kept[-1] >= n:
                 raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
         else:
-            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, ratio, unit.count_rule), unit)
+            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, ratio, unit.count_rule), unit,
+                                    energy.get(unit.name) if energy is not None else None)
         kept_sets[unit.name] = unit_kept
     return kept_sets
 
@@ -144,12 +147,22 @@ def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
         restoration = restorer.restore_unit(unit, tensors_of(unit), unit_kept)
         S = restoration.delivery
         plans.append(UnitPlan(unit, unit_kept, S, restoration.producer))
-        pruned_rows = S[selection_matrix(n, unit_kept).sum(dim=1) == 0].abs()
+        pruned_rows = S[selection_matrix(n, unit_kept, device=S.device).sum(dim=1) == 0].abs()
         pruned_coefs.append(pruned_rows.flatten())
         stats = (pruned_rows.mean().item(), pruned_rows.max().item(), pruned_rows.min().item()) \
             if pruned_rows.numel() else (0.0, 0.0, 0.0)
         unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), *stats))
     return plans, unit_reports, pruned_coefs
+
+
+def _selection_inputs(model, refit, refit_inputs, example_inputs, progress, seed):
+    """The inputs an input-aware criterion measures on: the refit's inputs (the caller's, or the fit set the
+    refit distils with its options, cached, so that both stages see the same inputs)."""
+    from .refit import _check_inputs, _distilled, _input_shape_of
+    if refit_inputs is not None:
+        return _check_inputs(refit_inputs, "refit_inputs", _input_shape_of(model, example_inputs, refit_inputs))
+    options = check_refit_options(refit if isinstance(refit, dict) else {})
+    return _distilled(model, options, seed, example_inputs, progress)[0]
 
 
 def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, refit_inputs, example_inputs,
@@ -158,8 +171,6 @@ def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, 
     layers in execution order (``lbyl_pl.refit``). Works in place on ``restored`` (a fresh network). Returns
     the ``RefitReport``, or ``None`` when no refinement was asked for."""
     if refit is False or refit is None:
-        if refit_inputs is not None:
-            raise ValueError("refit_inputs needs refit=True (or a dict of refit options)")
         return None
     if refit is True:
         options = check_refit_options({})
@@ -185,8 +196,8 @@ def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, 
     return report
 
 
-def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.3, *,
-                      variant: str = "paper", kept: dict | None = None, progress: bool = False,
+def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
+                      *, variant: str = "paper", kept: dict | None = None, progress: bool = False,
                       example_inputs=None, units=None, refit=False, refit_inputs=None, seed: int = 0, **hparams):
     """Prune every prunable unit of ``model`` at ``ratio`` and restore it without data.
 
@@ -198,7 +209,11 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     for conv nets and 0.45 for LeNet; each method's ``hyperparameters`` list them), or a
     ``RestorationMethod`` object. ``variant="paper"`` reproduces the published tables; ``"exact"`` uses
     the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name instead of running the
-    criterion.
+    criterion. ``ratio`` defaults to ``lbyl_pl.selection.DEFAULT_RATIO`` (0.5), as everywhere in the package.
+
+    Restoration runs where ``model`` is: a network on a GPU is restored there, and ``restored`` lives on the
+    devices of ``model``'s parameters (selection, a ranking of a few scores, and Intra-Fusion's transport
+    plan are computed on the CPU: see ``lbyl_pl.selection`` and ``lbyl_pl.methods.fusion``).
 
     The pipeline runs in stages: selection (kept sets), per-unit restoration (the method), surgery (the
     smaller network), then, with ``refit=True`` (or a dict of options, see ``lbyl_pl.refit.REFIT_DEFAULTS``),
@@ -222,6 +237,9 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         if not (refit is True or isinstance(refit, dict)):
             raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
         check_refit_options({} if refit is True else refit)
+    elif refit_inputs is not None and not getattr(CRITERIA.get(criterion), "needs_inputs", False):
+        raise ValueError("refit_inputs needs refit=True (or a dict of refit options) or a criterion that reads "
+                         "inputs (output-energy)")
     restorer = restorer.bind(model)
     method, variant, hparams = restorer.name, restorer.variant, dict(restorer.hparams)
     clock = [time.perf_counter()]
@@ -250,8 +268,13 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
             cached[id(unit)] = unit_tensors(unit)
         return cached[id(unit)]
 
+    energy = None
+    if getattr(CRITERIA[criterion], "needs_inputs", False):  # an input-aware criterion: measure on inputs
+        energy = channel_energy(model, units, _selection_inputs(model, refit, refit_inputs, example_inputs,
+                                                                progress, seed))
+        lap("energy")
     with torch.no_grad():
-        kept_sets = select_stage(units, tensors_of, criterion, ratio, kept)
+        kept_sets = select_stage(units, tensors_of, criterion, ratio, kept, energy)
         plans, unit_reports, pruned_coefs = restore_stage(restorer, units, tensors_of, kept_sets, iterator)
         cached.clear()
         lap("solve")
@@ -272,8 +295,9 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     }
     if refit_report is not None:
         spec["refit"] = refit_record(refit_report.options, refit_report.inputs)
-    restored.lbyl_spec = spec
-    all_coefs = torch.cat(pruned_coefs) if pruned_coefs else torch.zeros(0)
+    attach_spec(restored, spec)
+    # one device for the report's statistics (a method may deliver on another one than the weights')
+    all_coefs = torch.cat([c.to(pruned_coefs[0].device) for c in pruned_coefs]) if pruned_coefs else torch.zeros(0)
     report = RestorationReport(
         method, criterion, float(ratio), variant, hparams, unit_reports,
         all_coefs.mean().item() if all_coefs.numel() else 0.0,
@@ -336,7 +360,6 @@ def restore_from_spec(model: nn.Module, spec: dict, example_inputs=None) -> nn.M
         kept = [int(i) for i in kept]
         if not kept or max(kept) >= unit.n_channels:
             raise ValueError(f"pruning spec keeps indices outside [0, {unit.n_channels}) in {name!r}")
-        plans.append(UnitPlan(unit, kept, selection_matrix(unit.n_channels, kept)))
-    pruned = apply_plans(model, plans)
-    pruned.lbyl_spec = copy.deepcopy(spec)
-    return pruned
+        device = unit.layer.weight.device
+        plans.append(UnitPlan(unit, kept, selection_matrix(unit.n_channels, kept, device=device)))
+    return attach_spec(apply_plans(model, plans), copy.deepcopy(spec))

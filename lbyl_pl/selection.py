@@ -5,6 +5,10 @@ inputs; for fully-connected layers the bias is appended to each row, §11) to th
 The returned indices are always sorted ascending: the kept order only permutes channels and LBYL's
 solve is permutation-equivariant (§1, "Kept order does not change the function"), so a canonical
 order makes specs and tests deterministic.
+
+Selection runs on the CPU whatever the network's device: the scores of a layer's ``n`` filters are a small
+computation, and ranking them where the published tables were computed keeps the kept sets (and so the
+specs) the same on every device: a GPU's float32 reductions sum in another order and may flip a near-tie.
 """
 from __future__ import annotations
 
@@ -14,7 +18,11 @@ import torch
 
 from .units import all_finite, consumer_columns, folded_producer
 
-__all__ = ["CRITERIA", "kept_count", "select_kept", "criterion_scores", "register_criterion"]
+__all__ = ["CRITERIA", "DEFAULT_RATIO", "kept_count", "select_kept", "criterion_scores", "register_criterion"]
+
+# The pruning ratio when none is given: prune_and_restore, RestoreCallback (and retarget) and the configs'
+# restore.ratios / finetune.ratio all take it from here.
+DEFAULT_RATIO = 0.5
 
 # name -> score(weight, unit); filled by @register_criterion below, so it is complete once this module is
 # imported (a method's own criterion, such as Intra-Fusion's IF-l1, is defined here too)
@@ -66,18 +74,23 @@ def _random1_digits(weight: torch.Tensor) -> torch.Tensor:
 
 
 def _flat(weight: torch.Tensor) -> torch.Tensor:
+    # on the CPU: the reference's float32 norms, its float64 cdist (scipy) and its printed sums (random_1) are
+    # CPU computations; the same kept set on every device (module docstring)
     return weight.detach().reshape(weight.shape[0], -1).cpu()
 
 
-def register_criterion(name: str, needs_unit: bool = False):
+def register_criterion(name: str, needs_unit: bool = False, needs_inputs: bool = False):
     """Add ``score(weight, unit) -> (n,) float64`` to ``CRITERIA`` (larger means keep). ``weight`` is the
     producer's ``(n, d)`` matrix (``[w, b]`` rows for a Linear without BN); ``unit`` is the
     ``PrunableUnit``, or ``None`` when only a weight is at hand: a criterion that reads more than the
-    filters (``needs_unit=True``) then raises ``ValueError``."""
+    filters (``needs_unit=True``) then raises ``ValueError``. A criterion that reads activations on inputs
+    (``needs_inputs=True``) is called as ``score(weight, unit, energy)`` with ``energy`` the ``(n,)`` mean
+    square of each channel as its consumers read it (``prune_and_restore`` measures it on distilled inputs)."""
     def add(score):
         if name in CRITERIA:
             raise ValueError(f"criterion {name!r} is registered already")
-        score.needs_unit = needs_unit
+        score.needs_unit = needs_unit or needs_inputs
+        score.needs_inputs = needs_inputs
         CRITERIA[name] = score
         return score
     return add
@@ -131,13 +144,27 @@ def intra_fusion_importance(weight, unit=None):
     return importance / importance.mean().clamp_min(1e-300)
 
 
-def criterion_scores(weight: torch.Tensor, criterion: str, unit=None) -> torch.Tensor:
+@register_criterion("output-energy", needs_inputs=True)
+def output_energy(weight, unit=None, energy=None):
+    """How much each channel contributes to its consumers' outputs on inputs (ThiNet's and ModHiFi's question,
+    answered without the cross terms): the channel's mean square as the consumers read it, times the squared
+    norm of the consumers' weights that read it. Needs the unit and the measured ``energy``."""
+    if unit is None or energy is None:
+        raise ValueError("criterion 'output-energy' reads activations on inputs: use prune_and_restore, which "
+                         "measures them on inputs distilled from the network")
+    columns = sum(c.pow(2).sum(dim=1) for c in consumer_columns(unit))
+    return energy.double().cpu() * columns.cpu()
+
+
+def criterion_scores(weight: torch.Tensor, criterion: str, unit=None, energy=None) -> torch.Tensor:
     """Per-filter score where *larger means keep* (random_2/3 are positional, see ``select_kept``)."""
     check_criterion(criterion)
+    if getattr(CRITERIA[criterion], "needs_inputs", False):
+        return CRITERIA[criterion](weight, unit, energy)
     return CRITERIA[criterion](weight, unit)
 
 
-def select_kept(weight: torch.Tensor, criterion: str, n_keep: int, unit=None) -> list[int]:
+def select_kept(weight: torch.Tensor, criterion: str, n_keep: int, unit=None, energy=None) -> list[int]:
     """Indices (ascending) of the ``n_keep`` filters that ``criterion`` keeps.
 
     ``weight`` is ``(n, ...)``; rows are flattened. Ties are broken towards the lower index
@@ -148,6 +175,6 @@ def select_kept(weight: torch.Tensor, criterion: str, n_keep: int, unit=None) ->
         raise ValueError(f"n_keep must be in [1, {n}], got {n_keep}")
     if not all_finite(weight):
         raise ValueError("weights contain NaN or Inf; cannot rank filters")
-    scores = criterion_scores(weight, criterion, unit)
+    scores = criterion_scores(weight, criterion, unit, energy).cpu()  # IF-l1 scores where the unit's weights are
     order = torch.sort(-scores, stable=True).indices  # descending score, lower index first on ties
     return sorted(order[:n_keep].tolist())

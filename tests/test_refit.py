@@ -276,3 +276,25 @@ def test_restore_callback_refits(tmp_path, randomize_bn):
         RestoreCallback("lbyl", refit="yes")
     with pytest.raises(ValueError, match="unknown refit option"):
         RestoreCallback("lbyl", refit={"alpha": 1})
+
+
+def test_output_energy_criterion_reads_activations(tiny_net):
+    """A channel with a small filter but a large BN scale carries much of the consumer's input: l2-norm prunes
+    it, output-energy (measured on distilled inputs, no data) keeps it."""
+    from lbyl_pl.selection import select_kept
+    net = tiny_net(torch.float32).eval()
+    with torch.no_grad():
+        net.conv1.weight[2] *= 0.05
+        net.bn1.weight[2] = 50.0
+        net.bn1.running_var[2] = 0.05 ** 2 * net.bn1.running_var[2]  # the BN sees the same standardised values
+        net.bn1.bias[2] = 3.0
+    x8 = torch.zeros(1, 3, 8, 8)
+    plain, _ = prune_and_restore(net, "prune", "l2-norm", 0.5, example_inputs=x8)
+    assert 2 not in plain.lbyl_spec["units"]["conv1"]
+    energy, _ = prune_and_restore(net, "prune", "output-energy", 0.5, example_inputs=x8, refit=dict(FAST))
+    assert 2 in energy.lbyl_spec["units"]["conv1"]
+    given, _ = prune_and_restore(net, "prune", "output-energy", 0.5, example_inputs=x8,
+                                 refit_inputs=torch.randn(8, 3, 8, 8))
+    assert 2 in given.lbyl_spec["units"]["conv1"]
+    with pytest.raises(ValueError, match="criterion 'output-energy' reads activations on inputs"):
+        select_kept(torch.randn(6, 4), "output-energy", 3)
