@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bench_common import Clock, cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import Clock, cpu_name, load_or_random, make_parser, script_args, write_json  # beside this script
 
 NETWORKS = {"vgg16_bn": "vgg16_cifar10.pth", "resnet56": "resnet56_cifar10_nm.pth.tar"}
 GOAL_SYNTHESIS_S = 90.0
@@ -51,9 +51,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    set_thread_env(ARGS.threads)
+ARGS = script_args(__name__, parse_args)  # parsed, thread variables set, before torch loads; None if imported
 
 import platform  # noqa: E402
 import time  # noqa: E402
@@ -61,21 +59,15 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-import lbyl_pl  # noqa: E402
 import lbyl_pl.data_free as ah  # noqa: E402
 from lbyl_pl.checkpoints import checkpoint_dir  # noqa: E402
 
 
 def load_network(name: str, args):
-    model = lbyl_pl.build_model(name, 10)
     path = Path(args.checkpoint) / NETWORKS[name] if args.checkpoint else checkpoint_dir() / NETWORKS[name]
-    if path.is_file():
-        found = lbyl_pl.find_checkpoint(str(path))  # verifies the sha256 of the known shared file
-        return lbyl_pl.load_weights(model, found).eval(), f"real weights: {found}"
-    torch.manual_seed(args.seed)
-    model = lbyl_pl.build_model(name, 10)
-    randomize_bn(model)
-    return model.eval(), f"RANDOM weights (seed {args.seed}; no file at {path})"
+    model, text, _ = load_or_random(name, path if path.is_file() else None, args.seed, num_classes=10,
+                                    missing=f"; no file at {path}")
+    return model, text
 
 
 def verdict(seconds: float, goal: float) -> str:

@@ -19,8 +19,9 @@ import csv
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_common import repo_on_path  # beside this script
+
+repo_on_path()
 
 
 def read_runs(items: list[str], method: str) -> dict[str, dict[tuple[str, float], dict]]:

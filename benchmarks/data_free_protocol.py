@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from bench_common import THREADS_HELP, repo_on_path, set_thread_env  # beside this script
+
+repo_on_path()
 
 
 def read_csv(path) -> list[dict]:
@@ -38,11 +39,12 @@ def main(argv=None) -> int:
     parser.add_argument("--compare", action="append", default=[], metavar="LABEL=TABLE_CSV",
                         help="another run's table.csv whose top-1 for the method is shown as a column")
     parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help=THREADS_HELP)
     parser.add_argument("--bn-free", default="defaults", choices=("defaults", "deepinversion", "gaussian"),
                         help="auto_hparams' bn_free for a network without BatchNorm: 'defaults' (what auto "
                              "does) or a search on synthetic inputs of that kind")
     args = parser.parse_args(argv)
+    set_thread_env(args.threads)
 
     import torch
 

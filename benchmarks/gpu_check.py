@@ -31,11 +31,16 @@ finetune
 restore-speed
     ``prune_and_restore(vgg16, 'lbyl', 'l2-norm', 0.5)`` (lambda1 4e-5, lambda2 2e-4, paper variant, as
     ``restore_speed.py``) on a CPU-resident network, per thread count (median after one warm-up; unit
-    discovery is cached after the warm-up). The package has no declared GPU path: restoration makes float64
-    copies of the unit tensors wherever they are and selection runs on ``.cpu()``. On CUDA two *probes* try
+    discovery is cached after the warm-up). Restoration runs on the network's device (float64 copies of the unit
+    tensors where they are; selection ranks its scores on the CPU). On CUDA two *probes* try
     (1) ``prune_and_restore`` on a CUDA-resident network and (2) ``lbyl_delivery`` on CUDA unit tensors and
     report what happens (time and agreement if they work, the error if not); a failing probe is a finding,
     not a failure of the check.
+
+What the other benchmarks (beside this file) already have is imported from them, not repeated here: the
+preamble, the weights and the device name from ``bench_common``; the plain loop's optimizer from
+``lightning_overhead.plain_optimizer`` (the one ``ClassifierModule.configure_optimizers`` builds); the
+LBYL hyperparameters, unit inputs and round-robin timer of restore-speed from ``restore_speed``.
 """
 from __future__ import annotations
 
@@ -51,25 +56,21 @@ import time
 import traceback
 from pathlib import Path
 
-from bench_common import Clock, cpu_name, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import (Clock, add_common_options, cpu_name, device_name, load_or_random,  # beside this script
+                          script_args, write_json)
 
-ROOT = Path(__file__).resolve().parent.parent
 CHECKPOINT_NAME = "vgg16_cifar10.pth"
 EXIT_SKIPPED = 77
-RESTORE_HP = {"lambda1": 4e-5, "lambda2": 2e-4, "variant": "paper"}  # restore_speed.py's VGG 50 % setting
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
-                        help="auto: cuda when torch sees one, else cpu")
-    common.add_argument("--threads", type=int, default=None,
-                        help="CPU threads (OMP/MKL/OPENBLAS_NUM_THREADS before torch loads); default: all cores, "
-                             "1 with --dry-run")
-    common.add_argument("--checkpoint", default="auto",
-                        help=f"auto: $LBYL_CHECKPOINTS/{CHECKPOINT_NAME} if present, else random; random; or a path")
-    common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--json", metavar="PATH", default=None, help="also write the results as JSON")
+    common = add_common_options(
+        argparse.ArgumentParser(add_help=False), devices=("auto", "cuda", "cpu"), device_default="auto",
+        device_help="auto: cuda when torch sees one, else cpu", threads_default=None,
+        threads_help="CPU threads (OMP/MKL/OPENBLAS_NUM_THREADS before torch loads); default: all cores, "
+                     "1 with --dry-run",
+        checkpoint_default="auto",
+        checkpoint_help=f"auto: $LBYL_CHECKPOINTS/{CHECKPOINT_NAME} if present, else random; random; or a path")
     common.add_argument("--dry-run", action="store_true",
                         help="tiny settings (seconds on one CPU thread): checks the code path, not the speed")
 
@@ -116,11 +117,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    set_thread_env(ARGS.threads)
+ARGS = script_args(__name__, parse_args)  # parsed, thread variables set, before torch loads; None if imported
 
 import torch  # noqa: E402  (after the thread variables)
+
+# The other benchmarks (beside this script) are imported where they are used: they import lbyl_pl (and
+# Lightning), which the env step must not need (it reports what is missing, before any install).
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -132,10 +134,6 @@ def pick_device(args) -> str:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: --device cuda but torch.cuda.is_available() is False")
     return args.device
-
-
-def device_name(device: str) -> str:
-    return torch.cuda.get_device_name() if device == "cuda" else cpu_name()
 
 
 def checkpoint_path(args):
@@ -151,20 +149,8 @@ def checkpoint_path(args):
 
 def load_vgg(args):
     """VGG16-BN in eval mode on the CPU, and a sentence saying which weights it has."""
-    import lbyl_pl
-    path = checkpoint_path(args)
-    if path is not None:
-        found = lbyl_pl.find_checkpoint(str(path))  # sha256-checked when it is the known shared file
-        return lbyl_pl.load_weights(lbyl_pl.build_model("vgg16_bn", 10), found).eval(), f"real weights: {found}"
-    torch.manual_seed(args.seed)
-    model = lbyl_pl.build_model("vgg16_bn", 10)
-    randomize_bn(model)
-    return model.eval(), f"RANDOM weights (seed {args.seed}, randomised BN statistics)"
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+    model, text, _ = load_or_random("vgg16_bn", checkpoint_path(args), args.seed, num_classes=10)
+    return model, text
 
 
 def finish(args, payload: dict, ok: bool) -> int:
@@ -366,6 +352,7 @@ def plain_epoch(config: dict, device: str, precision: str, n_batches: int, warmu
     from pytorch_lightning import seed_everything
 
     import lbyl_pl
+    from lightning_overhead import plain_optimizer  # beside this script; imported here: it loads Lightning
     from lbyl_pl.cli.common import load_network
     from lbyl_pl.cli.restore import hyperparameters
     from lbyl_pl.datamodules import build_datamodule
@@ -389,12 +376,7 @@ def plain_epoch(config: dict, device: str, precision: str, n_batches: int, warmu
     net = net.to(device).train()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in net.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # as ClassifierModule.configure_optimizers
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": o["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=o["lr"], momentum=o["momentum"], nesterov=o["nesterov"])
+    optimizer = plain_optimizer(net, o)  # the one ClassifierModule.configure_optimizers builds
     datamodule = build_datamodule(config["data"], seed=config["seed"])
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
@@ -564,14 +546,10 @@ def cmd_finetune(args) -> int:
 
 
 def _median_time(fn, repeats: int, device: str):
-    fn()  # warm-up (also fills the discovery cache)
-    samples, last = [], None
-    for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        last = fn()
-        sync(device)
-        samples.append(time.perf_counter() - t0)
+    """Median wall time of ``repeats`` calls after one warm-up (which also fills the discovery cache),
+    synchronised on CUDA; the samples, and the last call's result."""
+    import restore_speed
+    samples, _, last = restore_speed.time_rounds({"fn": fn}, repeats, clock=Clock(device))["fn"]
     return statistics.median(samples), samples, last
 
 
@@ -588,6 +566,8 @@ def _state_rel_diff(a, b) -> float:
 
 
 def cmd_restore_speed(args) -> int:
+    import restore_speed
+
     import lbyl_pl
     device = pick_device(args)
     model, weights = load_vgg(args)
@@ -597,13 +577,14 @@ def cmd_restore_speed(args) -> int:
         threads = [int(t) for t in args.thread_list.split(",") if t.strip()]
     else:
         threads = [1] if args.dry_run else sorted({1, min(2, cores), min(args.threads, cores)})
-    kwargs = dict(RESTORE_HP)
+    defaults = restore_speed.parse_args([])  # restore_speed.py's VGG 50 % setting
+    kwargs = {"lambda1": defaults.lambda1, "lambda2": defaults.lambda2, "variant": defaults.variant}
     print(f"LBYL restoration speed: prune_and_restore(VGG16-BN, 'lbyl', 'l2-norm', {args.ratio}, "
           f"lambda1={kwargs['lambda1']:g}, lambda2={kwargs['lambda2']:g}, variant={kwargs['variant']}); {weights}")
     print(f"cpu: {cpu_name()}, {cores} logical cores; torch {torch.__version__}; median of {repeats} after 1 warm-up "
           f"(discovery cached after the warm-up)")
-    print("the package has no declared GPU path for restoration: it solves on float64 copies of the unit tensors "
-          "and selects filters on .cpu(); the CPU path below is the supported one")
+    print("restoration runs on the network's device (float64 copies of the unit tensors where they are; filters "
+          "ranked on the CPU); the CPU rows below time a CPU-resident network, the probes a CUDA-resident one")
     result = {"check": "restore_speed", "weights": weights, "ratio": args.ratio, "hparams": kwargs,
               "cpu": cpu_name(), "logical_cores": cores, "repeats": repeats, "cpu_rows": [], "probes": {}}
     ok = True
@@ -651,17 +632,12 @@ def cmd_restore_speed(args) -> int:
         probe = {}
         try:
             from lbyl_pl.methods.lbyl import lbyl_delivery
-            from lbyl_pl.selection import kept_count, select_kept
-            from lbyl_pl.prunable import prunable_units
-            from lbyl_pl.units import unit_tensors
             inputs = []
-            for unit in prunable_units(model):
-                tensors = unit_tensors(unit)
-                kept = select_kept(tensors.weight, "l2-norm", kept_count(unit.n_channels, args.ratio, unit.count_rule))
+            for name, tensors, kept in restore_speed.prepare_inputs(model, args.ratio):  # l2-norm kept indices
                 on_gpu = dataclasses.replace(tensors, **{f.name: getattr(tensors, f.name).to(probe_device)
                                                          for f in dataclasses.fields(tensors)
                                                          if isinstance(getattr(tensors, f.name), torch.Tensor)})
-                inputs.append((unit.name, tensors, on_gpu, kept))
+                inputs.append((name, tensors, on_gpu, kept))
             hp = dict(lambda1=kwargs["lambda1"], lambda2=kwargs["lambda2"], variant=kwargs["variant"])
             cpu_med, _, cpu_s = _median_time(lambda: [lbyl_delivery(t, k, name=n, **hp) for n, t, _, k in inputs],
                                              repeats, "cpu")

@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check.sh
 #
 # Environment (all optional):
-#   OUT               folder for the log and JSON results (default results/gpu_check); at most 7 files land there
+#   OUT               folder for the log and JSON results (default results/gpu_check); at most 8 files land there
 #   LBYL_DATA         CIFAR-10 .npz folder          (default <repo>/shared/data)
 #   LBYL_CHECKPOINTS  checkpoint folder              (default <repo>/shared/checkpoints; vgg16_cifar10.pth)
 #   PYTHON            interpreter (default: the first of python, python3 that imports torch)
@@ -25,9 +25,13 @@
 #   3s  only when 3 is skipped: the same comparison on synthetic images (random weights if no checkpoint)
 #   3c  benchmarks/lightning_overhead.py --device cuda --precision bf16-mixed --channels-last (train phase,
 #       ABBA round-robin repeats): Lightning fit vs plain loop, a cross-check of 3
-#   4   LBYL restoration speed: prune_and_restore on the CPU (the package's only restoration path) at 1/2/all
-#       threads, plus probes of a CUDA-resident network and CUDA unit tensors (reported, not pass conditions)
+#   4   LBYL restoration speed: prune_and_restore of a CPU-resident network (restoration runs where the network
+#       is) at 1/2/all threads, plus probes of a CUDA-resident network and CUDA unit tensors (reported, not pass
+#       conditions)
 #   5   restore.py --config configs/synthetic_tiny.yaml on trainer.accelerator=gpu devices=1 strategy=ddp
+#   6   restoration on the model's device: benchmarks/gpu_restore_device.py restores VGG16-BN on cuda with
+#       RestoreCallback for every registered method (refit off): every tensor of the restored network on cuda,
+#       the same kept sets as on the CPU, output allclose to the CPU restoration's (1e-3); one OK/FAIL line each
 #   2a  fast tests: python -m pytest -q -m "not slow" -x --timeout 120. tests/ has no device switch (conftest
 #       pins CPU and one thread), so they run on the CPU as CI runs them; 2b is the GPU counterpart. Last, with
 #       whatever the budget leaves (at most 150 s).
@@ -260,6 +264,12 @@ print(" ".join(bad))' 2>/dev/null || echo "lbyl_pl")
   needs_packages 5 "$t5" && run_step 5 "$t5" 60 env OMP_NUM_THREADS="$THREADS" \
     "$PY" restore.py --config configs/synthetic_tiny.yaml --output-dir "$DDP_OUT" trainer.accelerator=$accel \
     trainer.devices=1 trainer.strategy=ddp "restore.ratios=[0.3,0.5]" "restore.methods=[lbyl,merge,prune]"
+
+  # 6: restoration on the model's device (RestoreCallback on cuda vs on the CPU, every method)
+  local t6="restoration on $DEV via RestoreCallback, every method (VGG16-BN, vs the CPU restoration)"
+  NOTE_RE='^gpu-restore-device: '
+  needs_packages 6 "$t6" && run_step 6 "$t6" 90 "$PY" benchmarks/gpu_restore_device.py --device "$DEV" \
+    --threads "$THREADS" --json "$OUT_DIR/restore_device.json"
 
   # 2a: fast tests (CPU; no device switch in tests/), with what the budget leaves
   local pt=(-m pytest -q -m "not slow" -x --timeout 120)

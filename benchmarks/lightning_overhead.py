@@ -58,7 +58,8 @@ import argparse
 import os
 import sys
 
-from bench_common import Clock, cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import (Clock, cpu_name, device_name, load_or_random, make_parser,  # beside this script
+                          script_args, write_json)
 
 PRECISIONS = ("32-true", "bf16-mixed")
 PHASES = ("eval", "train")
@@ -107,9 +108,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    set_thread_env(ARGS.threads)
+ARGS = script_args(__name__, parse_args)  # parsed, thread variables set, before torch loads; None if imported
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
@@ -118,6 +117,7 @@ import platform  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import warnings  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -125,8 +125,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.data import DataLoader, Subset, TensorDataset  # noqa: E402
 
 import lbyl_pl  # noqa: E402
-from lbyl_pl.checkpoints import KNOWN_CHECKPOINTS  # noqa: E402
 from lbyl_pl.cli.common import quiet_lightning  # noqa: E402
+from lbyl_pl.config import DEFAULTS  # noqa: E402
 from lbyl_pl.data import NORMALIZATION, ArrayImageDataset, data_dir, load_cifar10_npz  # noqa: E402
 from lbyl_pl.module import ClassifierModule  # noqa: E402
 from lbyl_pl.restoration import count_flops, count_params  # noqa: E402
@@ -142,18 +142,7 @@ OPTIM = {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
 
 def load_network(args) -> tuple[torch.nn.Module, str, dict]:
     """The (pruned) VGG16-BN every run starts from, on the CPU, in eval mode."""
-    if args.checkpoint:
-        found = lbyl_pl.find_checkpoint(args.checkpoint)  # sha256-checked when it is a known file
-        model = lbyl_pl.load_weights(lbyl_pl.build_model(ARCH), found)
-        verified = found.name in KNOWN_CHECKPOINTS
-        text = f"real weights: {found}" + (" (sha256 verified)" if verified else "")
-        info = {"kind": "checkpoint", "path": str(found), "sha256_verified": verified}
-    else:
-        torch.manual_seed(args.seed)
-        model = lbyl_pl.build_model(ARCH)
-        randomize_bn(model)
-        text = f"RANDOM weights (seed {args.seed}, randomised BN running stats)"
-        info = {"kind": "random", "seed": args.seed}
+    model, text, info = load_or_random(ARCH, args.checkpoint or None, args.seed)
     flops_full = count_flops(model)
     if args.ratio > 0:
         model, _ = lbyl_pl.prune_and_restore(model, "lbyl", "l2-norm", args.ratio)
@@ -195,14 +184,14 @@ def plain_net(args, net):
     return net.to(memory_format=torch.channels_last) if args.channels_last else net
 
 
-def plain_optimizer(net):
-    """The optimizer of ``ClassifierModule.configure_optimizers`` (without its epoch scheduler)."""
-    decay, no_decay = [], []
-    for p in net.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return torch.optim.SGD([{"params": decay, "weight_decay": OPTIM["weight_decay"]},
-                            {"params": no_decay, "weight_decay": 0.0}],
-                           lr=OPTIM["lr"], momentum=OPTIM["momentum"], nesterov=OPTIM["nesterov"])
+def plain_optimizer(net, optim: dict = OPTIM):
+    """The optimizer ``ClassifierModule.configure_optimizers`` builds for ``net`` with the settings ``optim``
+    (missing keys: the config defaults): SGD, weight decay on the weights, none on BN and biases. Taken from
+    the module itself rather than copied: its ``configure_optimizers`` runs on a stand-in holding ``net``,
+    ``optim`` and a one-epoch trainer, and its epoch scheduler is dropped (without warm-up epochs it leaves
+    the learning rate of epoch 0 as it is)."""
+    stand_in = SimpleNamespace(net=net, optim={**DEFAULTS["optim"], **optim}, trainer=SimpleNamespace(max_epochs=1))
+    return ClassifierModule.configure_optimizers(stand_in)["optimizer"]
 
 
 # ------------------------------------------------------------------------------------ clocks
@@ -409,7 +398,6 @@ def main(args) -> int:
     clock = Clock(args.device)
 
     net, weights_text, weights_info = load_network(args)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
     data_text = "synthetic in-memory tensors (TensorDataset)" if args.data == "synthetic" else \
         f"{data_dir() / 'cifar10_test.npz'} (ArrayImageDataset, normalised on access)"
     what = f"LBYL l2-norm r={args.ratio:g}" if args.ratio > 0 else "unpruned"
@@ -419,7 +407,7 @@ def main(args) -> int:
     print(f"weights: {weights_text}")
     print(f"data: {data_text}; batch {args.batch_size}, eval {args.batches} batches, "
           f"train {args.train_batches} batches, {args.num_workers} DataLoader workers")
-    print(f"device: {args.device} ({device_name}"
+    print(f"device: {args.device} ({device_name(args.device)}"
           f"{', cudnn.benchmark' if args.device == 'cuda' and args.cudnn_benchmark else ''}); "
           f"precision {args.precision}; "
           f"{'channels_last' if args.channels_last else 'contiguous (NCHW)'}; threads {args.threads} "
@@ -495,7 +483,7 @@ def main(args) -> int:
                        "threads": args.threads,
                        "torch_num_threads": torch.get_num_threads(), "optim": OPTIM},
             "weights": weights_info,
-            "environment": {"cpu": cpu_name(), "device": device_name, "logical_cores": os.cpu_count(),
+            "environment": {"cpu": cpu_name(), "device": device_name(args.device), "logical_cores": os.cpu_count(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "pytorch_lightning": pl.__version__, "lbyl_pl": lbyl_pl.__version__},
             "phases": results,

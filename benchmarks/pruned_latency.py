@@ -34,7 +34,8 @@ import argparse
 import os
 import sys
 
-from bench_common import Clock, cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import (Clock, cpu_name, device_name, load_or_random, make_parser,  # beside this script
+                          script_args, write_json)
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("contiguous", "channels_last")
@@ -92,9 +93,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    set_thread_env(ARGS.threads)
+ARGS = script_args(__name__, parse_args)  # parsed, thread variables set, before torch loads; None if imported
 
 import contextlib  # noqa: E402
 import copy  # noqa: E402
@@ -105,24 +104,13 @@ import statistics  # noqa: E402
 import torch  # noqa: E402
 
 import lbyl_pl  # noqa: E402
-from lbyl_pl.checkpoints import KNOWN_CHECKPOINTS  # noqa: E402
 from lbyl_pl.restoration import count_flops, count_params  # noqa: E402
 
 ARCH = "vgg16_bn"
 
 
 def load_model(args) -> tuple[torch.nn.Module, str, dict]:
-    if args.checkpoint:
-        found = lbyl_pl.find_checkpoint(args.checkpoint)  # sha256-checked when it is a known file
-        model = lbyl_pl.load_weights(lbyl_pl.build_model(ARCH), found)
-        verified = found.name in KNOWN_CHECKPOINTS
-        return model.eval(), f"real weights: {found}" + (" (sha256 verified)" if verified else ""), \
-            {"kind": "checkpoint", "path": str(found), "sha256_verified": verified}
-    torch.manual_seed(args.seed)
-    model = lbyl_pl.build_model(ARCH)
-    randomize_bn(model)
-    return model.eval(), f"RANDOM weights (seed {args.seed}, randomised BN running stats)", \
-        {"kind": "random", "seed": args.seed}
+    return load_or_random(ARCH, args.checkpoint or None, args.seed)
 
 
 def build_networks(args) -> tuple[list[dict], str, dict]:
@@ -188,12 +176,11 @@ def main(args) -> int:
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     clock = Clock(args.device)
     nets, weights_text, weights_info = build_networks(args)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else cpu_name()
 
     print(f"Pruned-network latency: VGG16-BN (CIFAR, 3x32x32) unpruned vs LBYL l2-norm at ratios "
           f"{', '.join(f'{r:g}' for r in args.ratios)}")
     print(f"weights: {weights_text}")
-    print(f"device: {args.device} ({device_name}"
+    print(f"device: {args.device} ({device_name(args.device)}"
           f"{', cudnn.benchmark' if args.device == 'cuda' and args.cudnn_benchmark else ''}); "
           f"threads {args.threads} (OMP/MKL/OPENBLAS_NUM_THREADS={args.threads}, "
           f"torch.get_num_threads()={torch.get_num_threads()}), {os.cpu_count()} logical cores")
@@ -263,7 +250,7 @@ def main(args) -> int:
                        "iters": args.iters, "cudnn_benchmark": args.cudnn_benchmark, "threads": args.threads,
                        "torch_num_threads": torch.get_num_threads()},
             "weights": weights_info,
-            "environment": {"cpu": cpu_name(), "device": device_name, "logical_cores": os.cpu_count(),
+            "environment": {"cpu": cpu_name(), "device": device_name(args.device), "logical_cores": os.cpu_count(),
                             "python": platform.python_version(), "torch": torch.__version__,
                             "lbyl_pl": lbyl_pl.__version__},
             "configurations": configs,

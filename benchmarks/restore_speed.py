@@ -34,7 +34,7 @@ import argparse
 import os
 import sys
 
-from bench_common import cpu_name, make_parser, randomize_bn, set_thread_env, write_json  # beside this script
+from bench_common import cpu_name, load_or_random, make_parser, script_args, write_json  # beside this script
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,9 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-ARGS = parse_args() if __name__ == "__main__" else None
-if ARGS is not None:
-    set_thread_env(ARGS.threads)
+ARGS = script_args(__name__, parse_args)  # parsed, thread variables set, before torch loads; None if imported
 
 import platform  # noqa: E402
 import statistics  # noqa: E402
@@ -71,7 +69,7 @@ import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
 import lbyl_pl  # noqa: E402
-from lbyl_pl.checkpoints import KNOWN_CHECKPOINTS, checkpoint_dir  # noqa: E402
+from lbyl_pl.checkpoints import checkpoint_dir  # noqa: E402
 from lbyl_pl.methods.common import BN_FLOOR  # noqa: E402
 from lbyl_pl.methods.lbyl import lbyl_delivery  # noqa: E402
 from lbyl_pl.selection import kept_count, select_kept  # noqa: E402
@@ -94,19 +92,8 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
     if path is None:
         default = checkpoint_dir() / CHECKPOINT_NAME
         path = default if default.is_file() else None
-    model = lbyl_pl.build_model("vgg16_bn")
-    if path is not None:
-        found = lbyl_pl.find_checkpoint(str(path))  # verifies the sha256 of the known shared file
-        model = lbyl_pl.load_weights(model, found)
-        verified = found.name in KNOWN_CHECKPOINTS
-        text = f"real weights: {found}" + (" (sha256 verified)" if verified else "")
-        return model.eval(), text, {"kind": "checkpoint", "path": str(found), "sha256_verified": verified}
-    torch.manual_seed(args.seed)
-    model = lbyl_pl.build_model("vgg16_bn")  # conv/linear weights from the seeded default init
-    randomize_bn(model)
-    return model.eval(), (f"RANDOM weights (seed {args.seed}, randomised BN running stats; no checkpoint "
-                          f"found at $LBYL_CHECKPOINTS/{CHECKPOINT_NAME})"), \
-        {"kind": "random", "seed": args.seed}
+    return load_or_random("vgg16_bn", path, args.seed,
+                          missing=f"; no checkpoint found at $LBYL_CHECKPOINTS/{CHECKPOINT_NAME}")
 
 
 def prepare_inputs(model, ratio):
@@ -186,21 +173,22 @@ def run_public(model, args):
 # ------------------------------------------------------------------------------- measuring
 
 
-def time_rounds(methods, repeats):
+def time_rounds(methods, repeats, clock=time.perf_counter):
     """Time every method ``repeats`` times, round-robin (one call of each per round, so a change in
     machine load hits all methods alike), after one untimed warm-up call of each.
 
-    ``methods`` maps key -> callable. Returns key -> (wall seconds list, CPU seconds list, last result).
+    ``methods`` maps key -> callable; ``clock`` reads the wall time (``bench_common.Clock("cuda")`` waits
+    for queued GPU work first). Returns key -> (wall seconds list, CPU seconds list, last result).
     """
     results = {key: fn() for key, fn in methods.items()}  # warm-up
     wall = {key: [] for key in methods}
     cpu = {key: [] for key in methods}
     for _ in range(repeats):
         for key, fn in methods.items():
-            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            start_wall, start_cpu = clock(), time.process_time()
             results[key] = fn()
             cpu[key].append(time.process_time() - start_cpu)
-            wall[key].append(time.perf_counter() - start_wall)
+            wall[key].append(clock() - start_wall)
     return {key: (wall[key], cpu[key], results[key]) for key in methods}
 
 

@@ -13,7 +13,9 @@ unit, params and FLOPs of the whole network before and after pruning every unit 
 (l2-norm; the same shapes for every method), and the wall time of ``prune_and_restore`` for
 ``prune``, ``merge`` (NM) and ``lbyl`` (discovery is cached after the first call, so these times are
 selection + solve + surgery; the trace time is its own column). A model that cannot be restored says
-why in the last column.
+why in the last column. ``--refit`` adds a column: the KL divergence of the LBYL-restored network's outputs
+against the original's on held-out distilled inputs, before and after the refit on distilled inputs (and its time,
+distillation included).
 """
 from __future__ import annotations
 
@@ -33,6 +35,12 @@ def parse_args(argv=None):
     parser.add_argument("--models", nargs="+", default=list(ZOO), help="torchvision classification names")
     parser.add_argument("--ratio", type=float, default=0.3, help="pruning ratio of every unit")
     parser.add_argument("--size", type=int, default=224, help="example input size (pixels)")
+    parser.add_argument("--refit", action="store_true",
+                        help="also refit the pruned network (LBYL start) on inputs distilled from the model "
+                             "(REFIT options below) and report the output KL on held-out distilled inputs "
+                             "before -> after")
+    parser.add_argument("--refit-options", default='{"n": 16, "heldout": 8, "iterations": 20}',
+                        help="JSON refit options for --refit (small: the zoo's models are large)")
     return parser.parse_args(argv)
 
 
@@ -48,9 +56,13 @@ def main(argv=None) -> int:
     rows = []
     print(f"# torchvision zoo, r = {args.ratio}, {args.size} px, random weights + randomised BN, "
           f"{args.threads} thread(s), {cpu_name()}\n")
+    refit_head, refit_rule = ("refit: output KL before → after (s) | ", "---|") if args.refit else ("", "")
+    if args.refit:
+        print(f"refit: LBYL start, options {args.refit_options}, KL of the outputs against the original on the "
+              "held-out distilled inputs\n")
     print("| model | units | skipped (by reason) | prunable conv channels | params before → after | "
-          "GFLOPs before → after | trace s | prune s | NM s | LBYL s | note |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"GFLOPs before → after | trace s | prune s | NM s | LBYL s | {refit_head}note |")
+    print("|---|---|---|---|---|---|---|---|---|---|" + refit_rule + "---|")
     for name in args.models:
         torch.manual_seed(args.seed)
         row = {"model": name}
@@ -73,6 +85,14 @@ def main(argv=None) -> int:
                     out = restored(x)
                 if not torch.isfinite(out).all():
                     raise ValueError(f"{method}: the restored network's output is not finite")
+            if args.refit:
+                import json
+                started = time.perf_counter()
+                _, refitted = prune_and_restore(model, "lbyl", "l2-norm", args.ratio, example_inputs=x,
+                                                refit=json.loads(args.refit_options))
+                r = refitted.refit
+                row.update(refit_kl=(r.output_kl_before, r.output_kl_after),
+                           refit_s=time.perf_counter() - started, refit_layers=len(r.layers))
             row.update(params=(report.params_before, report.params_after),
                        flops=(report.flops_before, report.flops_after), note="restores")
         except ValueError as err:  # discovery's clear errors: tracer rejected the model, or no unit
@@ -84,10 +104,12 @@ def main(argv=None) -> int:
             print(f"| {name} | {row['units']} | {skipped} | {100 * row['prunable_share']:.0f} % | "
                   f"{p[0] / 1e6:.2f}M → {p[1] / 1e6:.2f}M | {f[0] / 1e9:.2f} → {f[1] / 1e9:.2f} | "
                   f"{row['trace_s']:.2f} | {row['prune_s']:.2f} | {row['merge_s']:.2f} | {row['lbyl_s']:.2f} | "
-                  f"restores |", flush=True)
+                  + (f"{row['refit_kl'][0]:.3g} → {row['refit_kl'][1]:.3g} ({row['refit_s']:.0f}) | "
+                     if args.refit else "") + "restores |", flush=True)
         else:
             units = row.get("units", "-")
-            print(f"| {name} | {units} | {skipped} | - | - | - | - | - | - | - | {row['note']} |", flush=True)
+            print(f"| {name} | {units} | {skipped} | - | - | - | - | - | - | - | " + ("- | " if args.refit else "")
+                  + f"{row['note']} |", flush=True)
     if args.json:
         write_json(args.json, {"ratio": args.ratio, "size": args.size, "threads": args.threads, "cpu": cpu_name(),
                                "rows": rows})

@@ -16,8 +16,13 @@ rank holds the same network. ``refit=True`` (or a dict of options) refits the pr
 distilled from the network (``lbyl_pl.refit``; no data is read, ``seed`` seeds the distillation). The report
 (coefficient statistics, params/FLOPs, the refit's output error) goes to the logger.
 Checkpoints carry the spec; ``load_restored_checkpoint`` reloads them into the pruned shapes.
+
+Restoration runs on the network's device (a network on a GPU is restored there, never moved to the CPU and
+back); example inputs are moved to that device for tracing.
 """
 from __future__ import annotations
+
+import copy
 
 import torch
 from pytorch_lightning import Callback
@@ -27,30 +32,40 @@ from .methods import make_method
 from .checkpoints import read_checkpoint
 from .refit import check_refit_options
 from .restoration import prune_and_restore, restore_from_spec
-from .selection import check_criterion, check_ratio
+from .selection import DEFAULT_RATIO, check_criterion, check_ratio
+from .spec import RESTORE_KEY, attach_spec, checkpoint_entries, restored_submodule, spec_of, state_dict_and_spec
 
 __all__ = ["RestoreCallback", "INITS", "load_restored_checkpoint"]
 
-CHECKPOINT_KEY = "lbyl_restore"  # {"module": path of the restored submodule, "spec": its pruning spec}
+CHECKPOINT_KEY = RESTORE_KEY  # {"module": path of the restored submodule, "spec": its pruning spec} (lbyl_pl.spec)
 
 INITS = ("restored", "scratch")
 
 
 def reinitialize(net: torch.nn.Module, seed: int) -> None:
-    """Random re-initialisation of every layer (the from-scratch baseline at the pruned width)."""
+    """Random re-initialisation of every layer (the from-scratch baseline at the pruned width), in place.
+
+    The values are drawn by the CPU generator whatever the network's device, so that a seed gives the same
+    initial weights on every device (and no device generator is advanced): a network elsewhere is
+    re-initialised as a CPU copy, whose values are then copied into it."""
+    target = net
+    if any(t.device.type != "cpu" for t in net.state_dict().values()):
+        target = copy.deepcopy(net).cpu()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        for module in net.modules():
+        for module in target.modules():
             if hasattr(module, "reset_running_stats"):
                 module.reset_running_stats()
             if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
+    if target is not net:
+        net.load_state_dict(target.state_dict())  # copied in place: every tensor stays on its device
 
 
 class RestoreCallback(Callback):
-    def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper", *,
-                 init: str = "restored", seed: int = 0, module: str | None = None, example_inputs=None,
-                 units: list[str] | None = None, refit=False, **hparams):
+    def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
+                 variant: str = "paper", *, init: str = "restored", seed: int = 0, module: str | None = None,
+                 example_inputs=None, units: list[str] | None = None, refit=False, **hparams):
         # the method object checks its own hyperparameters (lbyl_pl.METHODS): bad input fails here, not
         # in the middle of a fit
         self.method = make_method(method, variant, **hparams)
@@ -81,9 +96,8 @@ class RestoreCallback(Callback):
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
         path, net = self._target(pl_module)
-        spec = getattr(net, "lbyl_spec", None)
-        checkpoint["pruning_spec"] = spec
-        checkpoint[CHECKPOINT_KEY] = {"module": path, "spec": spec}
+        # the spec under both keys, as checkpoints have always held it (lbyl_pl.spec.checkpoint_entries)
+        checkpoint.update(checkpoint_entries(spec_of(net), module=path))
 
     def state_dict(self):
         return {"spec": self.spec, "report": self.report.as_dict() if self.report else None,
@@ -92,8 +106,8 @@ class RestoreCallback(Callback):
     def load_state_dict(self, state_dict):
         self.spec = state_dict.get("spec")
 
-    def retarget(self, method="lbyl", criterion: str = "l2-norm", ratio: float = 0.5, variant: str = "paper",
-                 refit=False, **hparams) -> "RestoreCallback":
+    def retarget(self, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
+                 variant: str = "paper", refit=False, **hparams) -> "RestoreCallback":
         """Point this callback at another cell (method, criterion, ratio and the method's hyperparameters,
         checked as in ``__init__``) and forget the last restoration; ``init``, ``seed``, ``module``,
         ``example_inputs`` and ``units`` stay. For sweeps that reuse one Trainer: put the unpruned network
@@ -154,35 +168,33 @@ class RestoreCallback(Callback):
         if not captured:
             raise ValueError(f"{type(pl_module).__name__}.example_input_array does not reach the network "
                              f"{self.module!r}; pass RestoreCallback(example_inputs=...)")
-        args = tuple(a.detach().cpu() if isinstance(a, torch.Tensor) else a for a in captured[0])
+        args = tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in captured[0])
         return args[0] if len(args) == 1 else args
 
     def _restore(self, trainer, pl_module):
         path, net = self._target(pl_module)
-        if getattr(net, "lbyl_spec", None) is not None:
-            self.spec = net.lbyl_spec  # already restored (e.g. validate before fit)
+        if spec_of(net) is not None:
+            self.spec = spec_of(net)  # already restored (e.g. validate before fit)
             return
-        device = next(net.parameters()).device
         was_training = net.training
         channels_last = any(p.dim() == 4 and not p.is_contiguous() and
                             p.is_contiguous(memory_format=torch.channels_last) for p in net.parameters())
-        example_inputs = self._example_inputs(pl_module, net)
-        if isinstance(example_inputs, torch.Tensor):
-            example_inputs = example_inputs.cpu()
+        # restored where the network is (prune_and_restore keeps every tensor on its weights' device): only
+        # the example inputs are moved there, for tracing
+        example_inputs = _to_device(self._example_inputs(pl_module, net), next(net.parameters()).device)
         # Validation runs under inference_mode; parameters made there could never be trained later.
         with torch.inference_mode(False):
-            restored, report = prune_and_restore(net.cpu(), self.method, self.criterion, self.ratio,
+            restored, report = prune_and_restore(net, self.method, self.criterion, self.ratio,
                                                  units=self.units, example_inputs=example_inputs,
                                                  refit=self.refit, seed=self.seed)
             if self.init == "scratch":
                 reinitialize(restored, self.seed)
-                restored.lbyl_spec = dict(restored.lbyl_spec, init="scratch")
+                attach_spec(restored, dict(spec_of(restored), init="scratch"))
         restored.train(was_training)
-        restored = restored.to(device)
         if channels_last:  # index-selected weights lose the memory format the network had
             restored = restored.to(memory_format=torch.channels_last)
         _replace(pl_module, path, restored)
-        self.report, self.spec = report, restored.lbyl_spec
+        self.report, self.spec = report, spec_of(restored)
         if trainer is not None:
             self._check_same_on_all_ranks(trainer)
             self._log_report(trainer)
@@ -220,6 +232,15 @@ def _check_refit(refit):
     return refit
 
 
+def _to_device(inputs, device):
+    """Example inputs (a tensor, a tuple of the forward's inputs, or ``None``) with their tensors on ``device``."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, tuple):
+        return tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in inputs)
+    return inputs
+
+
 def _replace(root: torch.nn.Module, path: str, module: torch.nn.Module) -> None:
     parent_name, _, child = path.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
@@ -235,13 +256,14 @@ def load_restored_checkpoint(module, path, **init_kwargs):
     (``weights_only=True``). Returns the module.
     """
     checkpoint = read_checkpoint(path)
-    entry = checkpoint.get(CHECKPOINT_KEY)
-    if not isinstance(entry, dict) or entry.get("spec") is None:
+    submodule = restored_submodule(checkpoint)
+    if submodule is None:
         raise ValueError(f"checkpoint {path} was not written with a RestoreCallback (no {CHECKPOINT_KEY!r} entry)")
+    state, spec = state_dict_and_spec(checkpoint, network=False)
     if isinstance(module, type):
         module = module(**{**(checkpoint.get("hyper_parameters") or {}), **init_kwargs})
-    net = module.get_submodule(entry["module"])
-    if getattr(net, "lbyl_spec", None) != entry["spec"]:
-        _replace(module, entry["module"], restore_from_spec(net, entry["spec"]))
-    module.load_state_dict(checkpoint["state_dict"])
+    net = module.get_submodule(submodule)
+    if spec_of(net) != spec:
+        _replace(module, submodule, restore_from_spec(net, spec))
+    module.load_state_dict(state)
     return module

@@ -13,7 +13,8 @@ from torch import nn
 
 from .atomic import atomic_path
 from .models import build_model
-from .restoration import SPEC_FORMAT, restore_from_spec
+from .restoration import restore_from_spec
+from .spec import SPEC_FORMAT, checkpoint_entries, spec_of, state_dict_and_spec
 
 __all__ = ["KNOWN_CHECKPOINTS", "checkpoint_dir", "find_checkpoint", "sha256", "read_checkpoint",
            "load_weights", "save_restored", "load_restored", "atomic_torch_save"]
@@ -99,20 +100,6 @@ def _unreadable(path: Path, err: Exception) -> str:
             f"{detail}: it holds pickled objects or code, or is no torch file at all; {WEIGHTS_ONLY}")
 
 
-def _state_dict_and_spec(obj: dict) -> tuple[dict, dict | None]:
-    spec = obj.get("pruning_spec")
-    if spec is None and isinstance(obj.get("hyper_parameters"), dict):
-        spec = obj["hyper_parameters"].get("pruning_spec")
-    state = obj.get("state_dict", obj)
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError("checkpoint has no state dict of tensors")
-    # Lightning's ClassifierModule stores the network under "net."; DataParallel adds "module.".
-    for prefix in ("net.", "module.", "_orig_mod."):
-        if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
-    return state, spec
-
-
 def _check_compatible(model: nn.Module, state: dict, path) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
@@ -143,8 +130,8 @@ def load_weights(model: nn.Module, path: str | os.PathLike, example_inputs=None)
     shapes raise ``ValueError`` naming what differs. ``example_inputs`` is only needed to rebuild the
     pruned shapes of a network whose input shape the spec does not record.
     """
-    state, spec = _state_dict_and_spec(read_checkpoint(path))
-    if spec is not None and getattr(model, "lbyl_spec", None) != spec:
+    state, spec = state_dict_and_spec(read_checkpoint(path))
+    if spec is not None and spec_of(model) != spec:
         model = restore_from_spec(model, spec, example_inputs)
     _check_compatible(model, state, path)
     model.load_state_dict(state)
@@ -158,10 +145,10 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> None:
 
 
 def save_restored(model: nn.Module, path: str | os.PathLike, **extra) -> None:
-    """Save a restored network as ``{"state_dict", "pruning_spec", "arch", **extra}`` (plain data only)."""
-    spec = getattr(model, "lbyl_spec", None)
+    """Save a restored network as ``{"state_dict", "pruning_spec", "arch", **extra}`` (plain data only; the
+    spec's key is ``lbyl_pl.spec.SPEC_KEY``)."""
     obj = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-           "pruning_spec": spec, "arch": getattr(model, "lbyl_arch", None), **extra}
+           **checkpoint_entries(spec_of(model)), "arch": getattr(model, "lbyl_arch", None), **extra}
     atomic_torch_save(obj, path)
 
 
@@ -174,7 +161,7 @@ def load_restored(path: str | os.PathLike, model: nn.Module | None = None, examp
     built (built-in and ``torchvision/<name>`` architectures). ``model`` itself is not modified.
     """
     obj = read_checkpoint(path)
-    state, spec = _state_dict_and_spec(obj)
+    state, spec = state_dict_and_spec(obj)
     if spec is not None and spec.get("format") != SPEC_FORMAT:
         raise ValueError(f"checkpoint {path} has an unknown pruning spec format {spec.get('format')!r}")
     if model is None:

@@ -1,8 +1,15 @@
 """YAML configuration: defaults, merging of several ``--config`` files, dotted overrides, validation.
 
-A config is a nested dict. Files are merged in order over ``DEFAULTS``; then ``key.sub=value``
-overrides (values parsed as YAML) are applied. Unknown keys are rejected with the list of allowed
-ones, except inside the free-form maps listed in ``FREE_FORM`` (per-ratio hyperparameter tables).
+A config is a nested dict. Files are merged in order over the defaults (``defaults()``); then
+``key.sub=value`` overrides (values parsed as YAML) are applied. Unknown keys are rejected with the list of
+allowed ones, except inside the free-form maps (``free_form()``: the per-cell hyperparameter tables and a few
+maps of names).
+
+The per-cell tables are not declared here: every registered method with a ``config_table``
+(``lbyl_pl.methods.base.RestorationMethod``) has ``restore.<config_table>`` (``restore.lambdas`` for LBYL,
+``restore.nm`` for NM), which may be ``auto`` when the method has an ``auto_grid``. Likewise the defaults of
+the data-free choice (``restore.auto``) come from ``lbyl_pl.distill`` and ``lbyl_pl.data_free``, and the default
+ratio from ``lbyl_pl.selection``.
 """
 from __future__ import annotations
 
@@ -14,8 +21,13 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_text
+from .data_free import DEFAULT_METRIC
+from .distill import DEFAULT_ITERATIONS, DEFAULT_N
+from .methods import METHODS
+from .selection import DEFAULT_RATIO
 
-__all__ = ["DEFAULTS", "ConfigError", "load_config", "apply_override", "save_config", "lookup_ratio"]
+__all__ = ["DEFAULTS", "ConfigError", "auto_sections", "defaults", "free_form", "load_config", "apply_override",
+           "save_config", "lookup_ratio", "table_sections"]
 
 
 class ConfigError(ValueError):
@@ -43,7 +55,7 @@ def _yaml_error(err: yaml.YAMLError) -> str:
     return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
 
 
-DEFAULTS: dict = {
+_BASE: dict = {
     "seed": 0,
     "output_dir": "runs/default",
     # arch: a built-in name or torchvision/<name>; input_size: pixels of the example input torchvision
@@ -68,17 +80,16 @@ DEFAULTS: dict = {
     "restore": {
         "methods": ["lbyl", "merge", "prune"],
         "criteria": ["l2-norm"],
-        "ratios": [0.5],
+        "ratios": [DEFAULT_RATIO],
         "variant": "paper",
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
-        # criterion -> {ratio: [lambda1, lambda2]}; "default": [lambda1, lambda2]; or "auto" (the whole table or
-        # an entry): chosen without any data by lbyl_pl.data_free
-        "lambdas": {},
-        "nm": {},             # criterion -> {ratio: [threshold, nm_lambda]}; "default": [t, lambda]; or "auto"
+        # here defaults() puts one table per registered method with a config_table (restore.lambdas for LBYL,
+        # restore.nm for NM): criterion -> {ratio: [its table_hparams]}; "default": [...]; or "auto" (the whole
+        # table or an entry, for a method with an auto_grid): chosen without any data by lbyl_pl.data_free
         "hparams": {},        # method -> {hyperparameter: value} for every cell, e.g. {fusion: {producer: mean}}
         # the data-free choice ("auto" tables): distilled images, distillation iterations, score (kl | agreement
         # | mse); defaults measured in lbyl_pl/data_free.py
-        "auto": {"n": 32, "iterations": 100, "metric": "kl"},
+        "auto": {"n": DEFAULT_N, "iterations": DEFAULT_ITERATIONS, "metric": DEFAULT_METRIC},
         # refit the pruned layers on inputs distilled from the network (lbyl_pl.refit; no data is read): false,
         # true, or both (each method's column without and with the refit); refit_options: lbyl_pl.refit options
         "refit": False,
@@ -91,7 +102,8 @@ DEFAULTS: dict = {
         "grid": {},
     },
     "train": {"ratio": 0.0, "spec": None},  # train.py: width of a pruning ratio / spec checkpoint
-    "finetune": {"method": "lbyl", "criterion": "l2-norm", "ratio": 0.5, "init": "restored", "epochs": None},
+    "finetune": {"method": "lbyl", "criterion": "l2-norm", "ratio": DEFAULT_RATIO, "init": "restored",
+                 "epochs": None},
     "optim": {"lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False, "schedule": "cosine",
               "milestones": [], "gamma": 0.1, "warmup_epochs": 0},
     "trainer": {"max_epochs": 20, "accelerator": "cpu", "devices": 1, "strategy": "auto", "num_nodes": 1,
@@ -100,11 +112,54 @@ DEFAULTS: dict = {
                 "enable_progress_bar": True, "threads": None},
 }
 
-FREE_FORM = {("restore", "lambdas"), ("restore", "nm"), ("restore", "hparams"), ("restore", "grid"),
-             ("restore", "refit_options")}
-# per-cell hyperparameter tables that may be "auto": chosen without data for every cell
+# maps whose keys are names (of methods, hyperparameters, refit options), not config keys
+NAME_MAPS = {("restore", "hparams"), ("restore", "grid"), ("restore", "refit_options")}
+# a per-cell hyperparameter table that may be "auto": chosen without data for every cell
 AUTO = "auto"
-AUTO_SECTIONS = {("restore", "lambdas"), ("restore", "nm")}
+TABLES_AFTER = "solver"  # where the per-cell tables sit in restore (the order config.yaml is written in)
+
+
+def table_sections() -> dict[str, type]:
+    """``restore.<config_table>`` -> method class, for every registered method that declares a per-cell table,
+    sorted by name (``lambdas``, ``nm`` for the built-in methods: the order config.yaml has always had)."""
+    tables: dict[str, type] = {}
+    for cls in METHODS.values():
+        table = cls.config_table
+        if table is None:
+            continue
+        if table in tables:
+            raise ConfigError(f"methods {tables[table].name!r} and {cls.name!r} both declare config_table {table!r}")
+        if table in _BASE["restore"]:
+            raise ConfigError(f"method {cls.name!r}: config_table {table!r} is a fixed restore key; choose another")
+        tables[table] = cls
+    return dict(sorted(tables.items()))
+
+
+def free_form() -> set[tuple[str, str]]:
+    """The config paths where any key is allowed: every method's per-cell table and ``NAME_MAPS``."""
+    return NAME_MAPS | {("restore", table) for table in table_sections()}
+
+
+def auto_sections() -> set[tuple[str, str]]:
+    """The per-cell tables that may be ``auto``: those of methods with an ``auto_grid`` (what
+    ``lbyl_pl.data_free`` searches without data)."""
+    return {("restore", table) for table, cls in table_sections().items() if cls.auto_grid}
+
+
+def defaults() -> dict:
+    """A fresh copy of the default config, with an empty ``restore.<config_table>`` for every registered method
+    that has one (a method registered after this module was imported included)."""
+    config = copy.deepcopy(_BASE)
+    restore = {}
+    for key, value in config["restore"].items():
+        restore[key] = value
+        if key == TABLES_AFTER:
+            restore.update({table: {} for table in table_sections()})
+    config["restore"] = restore
+    return config
+
+
+DEFAULTS: dict = defaults()  # for reading (the methods registered at import); load_config starts from defaults()
 
 
 def _merge_free(base: dict, update: dict) -> None:
@@ -116,20 +171,22 @@ def _merge_free(base: dict, update: dict) -> None:
             base[key] = copy.deepcopy(value)
 
 
-def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
+def _merge(base: dict, update: dict, path: tuple = (), free: set | None = None, auto: set | None = None) -> dict:
+    if free is None:  # read from the registry once per merge
+        free, auto = free_form(), auto_sections()
     if not isinstance(update, dict):
         raise ConfigError(f"config section {'.'.join(path) or '<root>'} must be a mapping, got {update!r}")
     for key, value in update.items():
         where = path + (key,)
-        if where in FREE_FORM:
-            if where in AUTO_SECTIONS and value == AUTO:  # chosen without data (lbyl_pl.data_free)
+        if where in free:
+            if where in auto and value == AUTO:  # chosen without data (lbyl_pl.data_free)
                 base[key] = AUTO
                 continue
             # merged, not replaced: restore.lambdas.random_1={...} must keep the other criteria's tables
             if not isinstance(value, dict):
-                allowed = f" or {AUTO!r}" if where in AUTO_SECTIONS else ""
+                allowed = f" or {AUTO!r}" if where in auto else ""
                 raise ConfigError(f"config section {'.'.join(where)} must be a mapping{allowed}, got {value!r}")
-            if not isinstance(base[key], dict):
+            if not isinstance(base.get(key), dict):
                 base[key] = {}
             _merge_free(base[key], value)
             continue
@@ -137,7 +194,7 @@ def _merge(base: dict, update: dict, path: tuple = ()) -> dict:
             allowed = ", ".join(sorted(base))
             raise ConfigError(f"unknown config key {'.'.join(map(str, where))!r}; allowed here: {allowed}")
         if isinstance(base[key], dict):
-            _merge(base[key], value, where)
+            _merge(base[key], value, where, free, auto)
         else:
             base[key] = value
     return base
@@ -164,7 +221,7 @@ def apply_override(config: dict, override: str) -> None:
 
 
 def load_config(files=(), overrides=()) -> dict:
-    config = copy.deepcopy(DEFAULTS)
+    config = defaults()
     for file in files:
         path = Path(file)
         if not path.is_file():

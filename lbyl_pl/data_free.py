@@ -45,8 +45,11 @@ from .restoration import prune_and_restore
 from .score import SCORES, _logits, _score_logits, rank_correlation, score
 from .selection import check_criterion, check_ratio
 
-__all__ = ["DEFAULT_GRIDS", "SCORES", "STATS", "AutoHparamsResult", "auto_hparams", "auto_hparams_search",
-           "bn_statistics_loss", "clear_cache", "distill_inputs", "rank_correlation", "score"]
+__all__ = ["DEFAULT_GRIDS", "DEFAULT_METRIC", "SCORES", "STATS", "AutoHparamsResult", "auto_hparams",
+           "auto_hparams_search", "bn_statistics_loss", "clear_cache", "distill_inputs", "rank_correlation", "score"]
+
+# The score the data-free choice ranks grid points by (lbyl_pl.score.SCORES; restore.auto.metric defaults to it).
+DEFAULT_METRIC = "kl"
 
 # Default search grids: each method's ``auto_grid`` (one value pair per network and cell). They are kept
 # small so that the selection of one cell costs < 20 s for VGG16-BN on CIFAR-10 on 2 CPU cores
@@ -78,7 +81,7 @@ class AutoHparamsResult:
     variant: str
     best: dict
     results: list = field(default_factory=list)
-    metric: str = "kl"
+    metric: str = DEFAULT_METRIC
     n_inputs: int = 0
     seconds: dict = field(default_factory=dict)
 
@@ -147,7 +150,7 @@ def _pick(results, defaults, grid, rtol=1e-9):
 
 def auto_hparams_search(model: nn.Module, method: str, criterion: str, ratio: float, variant: str = "paper",
                         example_inputs=None, seed: int = 0, grid: dict | None = None, progress: bool = True, *,
-                        metric: str = "kl", n: int = DEFAULT_N, iterations: int = DEFAULT_ITERATIONS,
+                        metric: str = DEFAULT_METRIC, n: int = DEFAULT_N, iterations: int = DEFAULT_ITERATIONS,
                         stats: str = DEFAULT_STATS, bn_free: str = "defaults", inputs: torch.Tensor | None = None,
                         **restore_kwargs) -> AutoHparamsResult:
     """``auto_hparams`` with the full record: every grid point's score (see ``AutoHparamsResult``).

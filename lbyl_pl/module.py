@@ -10,6 +10,7 @@ from torchmetrics import Accuracy, MeanMetric
 
 from .models import build_model
 from .restoration import restore_from_spec
+from .spec import checkpoint_entries, checkpoint_spec, spec_of
 
 __all__ = ["ClassifierModule", "SCHEDULES", "EVAL_PRECISIONS"]
 
@@ -137,10 +138,10 @@ class ClassifierModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint):
-        checkpoint["pruning_spec"] = getattr(self.net, "lbyl_spec", None)
+        checkpoint.update(checkpoint_entries(spec_of(self.net)))
 
     def on_load_checkpoint(self, checkpoint):
-        spec = checkpoint.get("pruning_spec")
-        if spec is not None and getattr(self.net, "lbyl_spec", None) != spec:
+        spec = checkpoint_spec(checkpoint)
+        if spec is not None and spec_of(self.net) != spec:
             self.set_net(restore_from_spec(build_model(self.hparams.arch, self.hparams.num_classes,
                                                        self.hparams.get("input_size")), spec))

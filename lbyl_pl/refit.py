@@ -39,6 +39,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .discovery import example_inputs_of
 from .distill import STATS, distill_inputs
 from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
+from .spec import attach_spec, spec_of
 from .units import all_finite
 
 __all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "refit", "refit_consumers", "check_refit_options"]
@@ -274,7 +275,7 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
     for name, module in layers.items():
         if module.weight.shape[0] != dict(original.named_modules())[name].weight.shape[0] and name not in kept:
             raise ValueError(f"layer {name!r} lost output channels but the pruning spec does not say which were "
-                             "kept (restored.lbyl_spec['units'])")
+                             "kept (the restored network's pruning spec, 'units')")
     report = RefitReport(inputs="given", n_fit=n_fit, n_heldout=len(inputs) - n_fit, options=dict(options))
     if not layers:
         report.seconds = {"refit": time.perf_counter() - started}
@@ -367,14 +368,14 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
             held = _check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
         source = "given"
     distill_seconds = time.perf_counter() - started
-    spec = getattr(restored, "lbyl_spec", None)
+    spec = spec_of(restored)
     kept = dict(spec.get("units", {})) if isinstance(spec, dict) else {}
     out = copy.deepcopy(restored)
     report = refit_consumers(original, out, fit, held, kept, options, progress=progress, seed=seed)
     report.inputs = source
     report.seconds = {"distill": distill_seconds, **report.seconds}
     if isinstance(spec, dict):
-        out.lbyl_spec = dict(copy.deepcopy(spec), refit=refit_record(options, source))
+        attach_spec(out, dict(copy.deepcopy(spec), refit=refit_record(options, source)))
     return out, report
 
 

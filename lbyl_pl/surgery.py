@@ -34,10 +34,11 @@ class UnitPlan:
     producer: ProducerUpdate | None = None  # new kept producer rows / bias / BN (Intra-Fusion); None: sliced
 
 
-def selection_matrix(n: int, kept: list[int]) -> torch.Tensor:
-    """``S`` of plain pruning: identity on the kept rows, zero on the pruned ones."""
-    S = torch.zeros(n, len(kept), dtype=torch.float64)
-    S[torch.as_tensor(kept, dtype=torch.long), torch.arange(len(kept))] = 1.0
+def selection_matrix(n: int, kept: list[int], device=None) -> torch.Tensor:
+    """``S`` of plain pruning: identity on the kept rows, zero on the pruned ones (float64, on ``device``,
+    default the CPU; the surgery moves a delivery matrix to each consumer's device)."""
+    S = torch.zeros(n, len(kept), dtype=torch.float64, device=device)
+    S[torch.as_tensor(kept, dtype=torch.long, device=S.device), torch.arange(len(kept), device=S.device)] = 1.0
     return S
 
 

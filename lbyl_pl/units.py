@@ -74,7 +74,8 @@ class PrunableUnit:
 
 @dataclass
 class UnitTensors:
-    """Float64 copies of everything a restoration method reads for one unit (original weights).
+    """Float64 copies of everything a restoration method reads for one unit (original weights), on the
+    device of the unit's weights.
 
     ``weight`` is ``(n, d)``: conv filters flattened over ``(C_in, kh, kw)``, or, for a producer with a
     bias and no BN (LeNet's Linear layers), the rows with the bias appended (``[w, b]``, §11). A bias
@@ -135,8 +136,8 @@ def unit_tensors(unit: PrunableUnit) -> UnitTensors:
         raise ValueError(f"BatchNorm {unit.name!r}: restoration needs running statistics "
                          "(track_running_stats=True)")
     n = weight.shape[0]
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.weight is not None else weight.new_ones(n)
+    beta = bn.bias.detach().double() if bn.bias is not None else weight.new_zeros(n)
     mean = bn.running_mean.detach().double()
     if bias is not None:
         mean = mean - bias
@@ -157,8 +158,8 @@ def folded_producer(unit: PrunableUnit, variant: str):
     if bn is None:
         return weight, bias
     n = weight.shape[0]
-    gamma = bn.weight.detach().double() if bn.weight is not None else torch.ones(n, dtype=torch.float64)
-    beta = bn.bias.detach().double() if bn.bias is not None else torch.zeros(n, dtype=torch.float64)
+    gamma = bn.weight.detach().double() if bn.weight is not None else weight.new_ones(n)
+    beta = bn.bias.detach().double() if bn.bias is not None else weight.new_zeros(n)
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError(f"BatchNorm of {unit.name!r}: Intra-Fusion needs running statistics "
                          "(track_running_stats=True)")

@@ -1,6 +1,8 @@
-"""Shared helpers of the Lightning pipeline / CLI tests (test_pipeline_units, test_cli, test_resume,
-test_ddp). Plain functions and classes, imported by those modules; fixtures live in conftest.py (among them
-``clean_distributed_env``, which restores the ``DISTRIBUTED_ENV`` variables after every test)."""
+"""Plain helpers shared by the test modules: the Lightning pipeline / CLI ones (test_module, test_callback,
+test_cli, test_resume, test_ddp, test_restore_sweep), the architecture and surgery ones (test_architectures,
+test_surgery) and the discovery ones (test_discovery, test_surgery). Functions and classes, imported by those
+modules; fixtures live in conftest.py (among them ``clean_distributed_env``, which restores the
+``DISTRIBUTED_ENV`` variables after every test)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +12,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from lbyl_pl import build_model
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = str(REPO / "configs" / "synthetic_tiny.yaml")
@@ -33,6 +38,12 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
                    inference_mode=False)
     options.update(kwargs)
     return pl.Trainer(**options)
+
+
+def tiny_loaders(n=8, batch=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ds = TensorDataset(torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
+    return DataLoader(ds, batch_size=batch), DataLoader(ds, batch_size=batch)
 
 
 class LogitsNet(nn.Module):
@@ -77,3 +88,76 @@ def read_curve(run_dir, tag="curve/val_acc1") -> dict:
 
 
 PYTHON = sys.executable
+
+
+# -- the built-in architectures (test_architectures, test_surgery) -------------------------------------------
+
+INPUT_SIZE = {
+    "lenet300": (2, 1, 28, 28),
+    "vgg16_bn": (2, 3, 32, 32),
+    "resnet56": (2, 3, 32, 32),
+    "resnet50": (2, 3, 32, 32),
+    "resnet34": (2, 3, 64, 64),     # ImageNet nets pool adaptively: 64x64 keeps them fast
+    "resnet101": (2, 3, 64, 64),
+    "mobilenet_v2": (2, 3, 64, 64),
+}
+
+
+def make_model(arch, randomize_bn, dtype=torch.float32, seed=0):
+    torch.manual_seed(seed)
+    model = build_model(arch)
+    randomize_bn(model, seed)
+    return model.to(dtype).eval()
+
+
+def make_input(arch, dtype=torch.float32, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(INPUT_SIZE[arch], generator=g).to(dtype)
+
+
+# -- a user network with every kind of group discovery meets (test_discovery, test_surgery) -----------------
+
+class FlattenNet(nn.Module):
+    """conv -> BN -> ReLU -> (depthwise conv -> BN -> ReLU6) -> two readers; conv -> flatten -> Linear;
+    a residual pair; a concatenation; and a BN placed after its activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.stem_bn = nn.BatchNorm2d(8)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+        self.dw_bn = nn.BatchNorm2d(8)
+        self.left = nn.Conv2d(8, 6, 1, bias=False)
+        self.left_bn = nn.BatchNorm2d(6)
+        self.right = nn.Conv2d(8, 6, 1, bias=False)
+        self.right_bn = nn.BatchNorm2d(6)
+        self.late = nn.Conv2d(6, 5, 3, padding=1, bias=True)  # ReLU before its BN: not a unit
+        self.late_bn = nn.BatchNorm2d(5)
+        self.cat_a = nn.Conv2d(5, 3, 1)
+        self.cat_b = nn.Conv2d(5, 3, 1)
+        self.head_conv = nn.Conv2d(6, 4, 1, bias=True)  # no BN, bias: read through a flatten
+        self.fc = nn.Linear(4 * 4 * 4, 7)
+        self.out = nn.Linear(7, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem_bn(self.stem(x)))
+        x = nn.functional.relu6(self.dw_bn(self.dw(x)))
+        y = self.left_bn(self.left(x)) + self.right_bn(self.right(x))  # coupled by the add
+        z = self.late_bn(torch.relu(self.late(y)))
+        z = torch.cat([self.cat_a(z), self.cat_b(z)], dim=1)
+        h = torch.relu(self.head_conv(y))
+        h = nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)
+        return self.out(torch.relu(self.fc(h))) + z.mean() * 0
+
+
+def randomized(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                n = module.num_features
+                module.weight.copy_(0.5 + torch.rand(n, generator=g))
+                module.bias.copy_(0.1 * torch.randn(n, generator=g))
+                module.running_mean.copy_(0.1 * torch.randn(n, generator=g))
+                module.running_var.copy_(0.5 + torch.rand(n, generator=g))
+    return model.eval()

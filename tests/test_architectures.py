@@ -1,24 +1,14 @@
 """Every architecture end to end: prune_and_restore, kept counts, forward shapes, save/load, purity,
-determinism, the §3 prune invariant, and MobileNet-V2's exact case."""
+determinism, and MobileNet-V2's exact case (the §3 prune invariant per architecture: test_surgery.py)."""
 from __future__ import annotations
-
-import copy
 
 import pytest
 import torch
 
 from lbyl_pl import ARCHITECTURES, build_model, load_restored, load_weights, prune_and_restore, save_restored
 from lbyl_pl.prunable import prunable_units
+from pipeline_helpers import INPUT_SIZE, make_input, make_model
 
-INPUT_SIZE = {
-    "lenet300": (2, 1, 28, 28),
-    "vgg16_bn": (2, 3, 32, 32),
-    "resnet56": (2, 3, 32, 32),
-    "resnet50": (2, 3, 32, 32),
-    "resnet34": (2, 3, 64, 64),     # ImageNet nets pool adaptively: 64x64 keeps them fast
-    "resnet101": (2, 3, 64, 64),
-    "mobilenet_v2": (2, 3, 64, 64),
-}
 NUM_CLASSES = {"lenet300": 10, "vgg16_bn": 10, "resnet56": 10, "resnet50": 100, "resnet34": 1000,
                "resnet101": 1000, "mobilenet_v2": 1000}
 UNIT_COUNT = {"lenet300": 2, "vgg16_bn": 13, "resnet56": 27, "resnet50": 32, "resnet34": 16,
@@ -33,18 +23,6 @@ def arch_params(archs):
 
 def test_registry_is_complete():
     assert set(ARCHITECTURES) == set(INPUT_SIZE)
-
-
-def make_model(arch, randomize_bn, dtype=torch.float32, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(arch)
-    randomize_bn(model, seed)
-    return model.to(dtype).eval()
-
-
-def make_input(arch, dtype=torch.float32, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(INPUT_SIZE[arch], generator=g).to(dtype)
 
 
 def expected_kept(unit, ratio):
@@ -171,92 +149,7 @@ def test_ratio_zero_leaves_network_unchanged(arch, methods, randomize_bn, sd_equ
             assert torch.equal(restored(x), model(x))
 
 
-# ----------------------------------------------------------------------------- §3 prune invariant
-
-def pruned_channels(unit, kept):
-    return sorted(set(range(unit.n_channels)) - set(kept))
-
-
-def test_prune_equals_zeroed_activations_vgg(randomize_bn):
-    """VGG: zero the pruned channels after each ReLU (forward hooks) on the original network."""
-    model = make_model("vgg16_bn", randomize_bn, dtype=torch.float64)
-    x = make_input("vgg16_bn", torch.float64)
-    restored, _ = prune_and_restore(model, "prune", "l2-norm", 0.3)
-    reference = copy.deepcopy(model)
-    hooks = []
-    feature = list(reference.feature)
-    for unit in prunable_units(reference):
-        idx = int(unit.name.split(".")[1])
-        relu = feature[idx + 2]
-        assert isinstance(feature[idx + 1], torch.nn.BatchNorm2d) and isinstance(relu, torch.nn.ReLU)
-        drop = pruned_channels(unit, restored.lbyl_spec["units"][unit.name])
-
-        def hook(module, inputs, output, drop=drop):
-            output = output.clone()
-            output[:, drop] = 0
-            return output
-
-        hooks.append(relu.register_forward_hook(hook))
-    with torch.no_grad():
-        expected = reference(x)
-        got = restored(x)
-        unhooked = model(x)
-    assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
-    assert (got - unhooked).abs().max().item() > 1e-3  # pruning changed the output
-
-
-def assert_equals_reference_not_original(restored, reference, original, x):
-    """``restored`` computes what ``reference`` (the original with pruned channels silenced) computes,
-    and that differs from the unpruned ``original`` (so the check is not vacuous)."""
-    with torch.no_grad():
-        expected, got, unpruned = reference(x), restored(x), original(x)
-    scale = expected.abs().max().item()
-    assert (got - expected).abs().max().item() < 1e-10 * scale
-    assert (got - unpruned).abs().max().item() > 1e-3 * scale
-
-
-@pytest.mark.parametrize("arch", ["resnet56", "resnet50"])
-def test_prune_equals_zeroed_bn_channels_resnet(arch, randomize_bn):
-    """ResNets: gamma = beta = 0 on a pruned channel makes its BN output, hence its ReLU output, 0.
-    (ResNet-56 reuses one ReLU module per block, so hooks on it would also hit the block input.)"""
-    model = make_model(arch, randomize_bn, dtype=torch.float64)
-    x = make_input(arch, torch.float64)
-    restored, _ = prune_and_restore(model, "prune", "l2-norm", 0.5)
-    reference = copy.deepcopy(model)
-    with torch.no_grad():
-        for unit in prunable_units(reference):
-            drop = pruned_channels(unit, restored.lbyl_spec["units"][unit.name])
-            unit.bn.weight[drop] = 0.0
-            unit.bn.bias[drop] = 0.0
-    assert_equals_reference_not_original(restored, reference, model, x)
-
-
-def test_prune_equals_zeroed_neurons_lenet():
-    model = build_model("lenet300").double().eval()
-    x = make_input("lenet300", torch.float64)
-    restored, _ = prune_and_restore(model, "prune", "l2-norm", 0.6)
-    reference = copy.deepcopy(model)
-    with torch.no_grad():
-        for unit in prunable_units(reference):
-            drop = pruned_channels(unit, restored.lbyl_spec["units"][unit.name])
-            unit.layer.weight[drop] = 0.0   # pre-activation 0 -> ReLU output 0
-            unit.layer.bias[drop] = 0.0
-        assert torch.allclose(restored(x), reference(x), rtol=1e-12, atol=1e-12)
-
-
 # ----------------------------------------------------------------------------- MobileNet-V2
-
-def test_mobilenet_prune_equals_zeroed_projection_columns(randomize_bn):
-    model = make_model("mobilenet_v2", randomize_bn, dtype=torch.float64)
-    x = make_input("mobilenet_v2", torch.float64)
-    restored, _ = prune_and_restore(model, "prune", "l1-norm", 0.5)
-    reference = copy.deepcopy(model)
-    with torch.no_grad():
-        for unit in prunable_units(reference):
-            drop = pruned_channels(unit, restored.lbyl_spec["units"][unit.name])
-            unit.consumer.weight[:, drop] = 0.0
-    assert_equals_reference_not_original(restored, reference, model, x)
-
 
 def make_mobilenet_duplicate(randomize_bn, c=10, p=50):
     """Pruned expansion channel ``p`` of the first prunable block duplicates kept channel ``c``'s whole

@@ -1,8 +1,6 @@
 """Unit discovery on the traced graph: built-ins, torchvision models, user networks, skipped groups."""
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -14,6 +12,7 @@ from lbyl_pl import build_model, check_units, discover, discover_units, load_res
     save_restored
 from lbyl_pl.restoration import count_flops
 from lbyl_pl.prunable import prunable_units
+from pipeline_helpers import FlattenNet, randomized
 
 
 # -- the hand-written declarations the built-ins used before discovery (the reference) ----------------
@@ -75,52 +74,6 @@ def test_builtin_extras_are_units_the_paper_does_not_prune():
     assert stem.consumers == (resnet.layer1[0].conv1, resnet.layer1[0].downsample[0])
 
 
-class FlattenNet(nn.Module):
-    """conv -> BN -> ReLU -> (depthwise conv -> BN -> ReLU6) -> two readers; conv -> flatten -> Linear;
-    a residual pair; a concatenation; and a BN placed after its activation."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
-        self.stem_bn = nn.BatchNorm2d(8)
-        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
-        self.dw_bn = nn.BatchNorm2d(8)
-        self.left = nn.Conv2d(8, 6, 1, bias=False)
-        self.left_bn = nn.BatchNorm2d(6)
-        self.right = nn.Conv2d(8, 6, 1, bias=False)
-        self.right_bn = nn.BatchNorm2d(6)
-        self.late = nn.Conv2d(6, 5, 3, padding=1, bias=True)  # ReLU before its BN: not a unit
-        self.late_bn = nn.BatchNorm2d(5)
-        self.cat_a = nn.Conv2d(5, 3, 1)
-        self.cat_b = nn.Conv2d(5, 3, 1)
-        self.head_conv = nn.Conv2d(6, 4, 1, bias=True)  # no BN, bias: read through a flatten
-        self.fc = nn.Linear(4 * 4 * 4, 7)
-        self.out = nn.Linear(7, 3)
-
-    def forward(self, x):
-        x = torch.relu(self.stem_bn(self.stem(x)))
-        x = nn.functional.relu6(self.dw_bn(self.dw(x)))
-        y = self.left_bn(self.left(x)) + self.right_bn(self.right(x))  # coupled by the add
-        z = self.late_bn(torch.relu(self.late(y)))
-        z = torch.cat([self.cat_a(z), self.cat_b(z)], dim=1)
-        h = torch.relu(self.head_conv(y))
-        h = nn.functional.adaptive_avg_pool2d(h, 4).flatten(1)
-        return self.out(torch.relu(self.fc(h))) + z.mean() * 0
-
-
-def randomized(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-                n = module.num_features
-                module.weight.copy_(0.5 + torch.rand(n, generator=g))
-                module.bias.copy_(0.1 * torch.randn(n, generator=g))
-                module.running_mean.copy_(0.1 * torch.randn(n, generator=g))
-                module.running_var.copy_(0.5 + torch.rand(n, generator=g))
-    return model.eval()
-
-
 def test_discovery_classifies_every_kind_of_group():
     model = randomized(FlattenNet())
     found = discover(model, torch.zeros(1, 3, 8, 8))
@@ -154,23 +107,6 @@ def test_check_units_passes_on_discovered_units_and_names_a_wrong_one():
     assert not results[0].ok and results[0].name == "left"
     with pytest.raises(ValueError, match=r"1 unit\(s\) of FlattenNet cannot be pruned as discovered: left"):
         check_units(wrong, x, strict=True)
-
-
-def test_prune_equals_zeroing_pruned_channels_at_every_consumer():
-    model = randomized(FlattenNet())
-    x = torch.randn(3, 3, 8, 8)
-    restored, _ = prune_and_restore(model, "prune", "l2-norm", 0.5, example_inputs=x)
-    zeroed = copy.deepcopy(model)
-    with torch.no_grad():
-        for unit in discover_units(model, x):
-            kept = restored.lbyl_spec["units"][unit.name]
-            dropped = sorted(set(range(unit.n_channels)) - set(kept))
-            for consumer, r in zip(unit.consumers, unit.features_per_channel):
-                name = unit.consumer_names[unit.consumers.index(consumer)]
-                zeroed.get_submodule(name).weight[:, [c * r + j for c in dropped for j in range(r)]] = 0
-        got, want, original = restored(x), zeroed(x), model(x)
-    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
-    assert (got - original).abs().max() > 1e-3  # and pruning did change the function
 
 
 def duplicate_channel(model, unit, source: int, target: int, scale: float = 2.0):
@@ -337,17 +273,3 @@ def test_zoo_models_that_cannot_be_restored_say_why(name):
     model = build_model(f"torchvision/{name}", input_size=64)
     with pytest.raises(ValueError, match=r"has no prunable unit|cannot handle"):
         prune_and_restore(model, "lbyl", "l2-norm", 0.3)
-
-
-def test_restored_network_shares_no_tensor_with_the_original():
-    """Surgery starts its copy by sharing the tensors it replaces; none may survive into the result."""
-    model = randomized(FlattenNet())
-    x = torch.randn(2, 3, 8, 8)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    restored, _ = prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=x)
-    original_ptrs = {t.data_ptr() for t in model.state_dict().values()}
-    assert not original_ptrs & {t.data_ptr() for t in restored.state_dict().values() if t.numel()}
-    with torch.no_grad():
-        for p in restored.parameters():
-            p.add_(1.0)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())

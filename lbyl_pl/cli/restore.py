@@ -18,6 +18,7 @@ from ..datamodules import build_datamodule
 from ..module import ClassifierModule
 from ..refit import check_refit_options
 from ..restoration import prune_and_restore
+from ..spec import drop_spec, spec_of
 from .common import (build_trainer, load_network, make_parser, quiet_lightning, resolve_config, run, start_run,
                      write_csv, write_json, write_text_atomic)
 
@@ -295,10 +296,10 @@ def main(argv=None) -> int:
     module = ClassifierModule(m["arch"], m["num_classes"], config["optim"], t["channels_last"],
                               eval_precision=str(t["eval_precision"]), input_size=m["input_size"])
     net = load_network(config, net=module.net)  # the module's own network: none is built to be thrown away
-    if getattr(net, "lbyl_spec", None) is not None:
+    if spec_of(net) is not None:
         # a pruned checkpoint (e.g. train.py with train.ratio > 0) is the network to prune further here, not
         # one RestoreCallback already restored (it would leave it as it is)
-        del net.lbyl_spec
+        drop_spec(net)
     datamodule = build_datamodule(config["data"], seed=config["seed"])
 
     bar = tqdm(total=1 + sum(len(cell[3]) for cell in cells), desc="restore sweep", unit="eval",

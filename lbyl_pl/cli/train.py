@@ -12,6 +12,7 @@ from ..datamodules import build_datamodule
 from ..models import build_model
 from ..module import ClassifierModule
 from ..restoration import prune_and_restore, restore_from_spec
+from ..spec import checkpoint_spec
 from .common import build_trainer, last_checkpoint, make_parser, resolve_config, run, start_run, write_json
 
 
@@ -25,7 +26,7 @@ def main(argv=None) -> int:
     m, t = config["model"], config["train"]
     net = build_model(m["arch"], m["num_classes"], m["input_size"])
     if t["spec"]:
-        spec = read_checkpoint(t["spec"]).get("pruning_spec")
+        spec = checkpoint_spec(read_checkpoint(t["spec"]))
         if spec is None:
             raise ValueError(f"train.spec={t['spec']!r} holds no pruning spec")
         net = restore_from_spec(net, spec)

@@ -59,8 +59,10 @@ class RestorationMethod:
     Subclasses set ``name``, ``title`` (as tables print it), ``summary`` (one line for ``--help``) and
     ``hyperparameters``, and implement ``restore_unit``. ``config_table`` names the config section that
     holds one value pair per (criterion, ratio) (``restore.lambdas`` for LBYL, ``restore.nm`` for NM) and
-    ``table_hparams`` the two hyperparameters it holds, in order; they are also what a grid search varies.
-    ``auto_grid`` is the default grid of the data-free choice (``lbyl_pl.data_free``).
+    ``table_hparams`` the hyperparameters it holds, in order; they are also what a grid search varies.
+    ``auto_grid`` is the default grid of the data-free choice (``lbyl_pl.data_free``). This is the only place a
+    method's table is declared: ``lbyl_pl.config`` derives ``restore.<config_table>`` (and whether it may be
+    ``auto``: when ``auto_grid`` is set) from the registry.
     """
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""

@@ -48,7 +48,13 @@ def bn_gamma_sigma(t: UnitTensors, variant: str) -> tuple[torch.Tensor, torch.Te
     return gamma, sigma
 
 
-def pruned_indices(n: int, kept: list[int]) -> torch.Tensor:
-    mask = torch.ones(n, dtype=torch.bool)
-    mask[torch.as_tensor(kept, dtype=torch.long)] = False
+def pruned_indices(n: int, kept: list[int], device=None) -> torch.Tensor:
+    """The pruned channels (ascending), a long tensor on ``device`` (default the CPU)."""
+    mask = torch.ones(n, dtype=torch.bool, device=device)
+    mask[torch.as_tensor(kept, dtype=torch.long, device=mask.device)] = False
     return torch.nonzero(mask).flatten()
+
+
+def kept_indices(kept: list[int], device=None) -> torch.Tensor:
+    """``kept`` as a long tensor on ``device`` (default the CPU)."""
+    return torch.as_tensor(kept, dtype=torch.long, device=device)

@@ -57,13 +57,17 @@ def _l2_rows(x: torch.Tensor) -> torch.Tensor:
 def transport_map(features: torch.Tensor, kept: list[int], p: float = 1.0, max_iter: int = DEFAULT_MAX_ITER,
                   float32_cost: bool = True, name: str = "unit") -> torch.Tensor:
     """``T`` (k x n, float64): the exact EMD plan between all neurons (uniform mass 1/n) and the kept ones
-    (1/k) under the L_p cost of L2-normalised features, transposed and column-normalised."""
+    (1/k) under the L_p cost of L2-normalised features, transposed and column-normalised; on the device of
+    ``features``.
+
+    The features and the cost are computed on that device; POT's network simplex (``ot.emd``, the reference's
+    solver) takes numpy arrays, so only the (n, k) cost matrix goes to the CPU and the plan comes back."""
     import ot  # POT: Python Optimal Transport
 
     f = _l2_rows(features)
     if float32_cost:  # the reference builds the cost in float32
         f = f.float()
-    cost = torch.cdist(f, f[torch.as_tensor(kept, dtype=torch.long)], p=p).double().numpy()
+    cost = torch.cdist(f, f[torch.as_tensor(kept, dtype=torch.long, device=f.device)], p=p).double().cpu().numpy()
     n, k = cost.shape
     a = torch.full((n,), 1.0 / n, dtype=torch.float64).numpy()
     b = torch.full((k,), 1.0 / k, dtype=torch.float64).numpy()
@@ -71,7 +75,7 @@ def transport_map(features: torch.Tensor, kept: list[int], p: float = 1.0, max_i
     if log.get("warning"):
         warnings.warn(f"Intra-Fusion {name}: the EMD solver stopped early ({log['warning']}); the plan may not "
                       f"be optimal: raise max_iter (now {max_iter})", RuntimeWarning, stacklevel=2)
-    G = torch.from_numpy(plan).T  # k x n
+    G = torch.from_numpy(plan).to(features.device).T  # k x n
     column = G.sum(dim=0, keepdim=True)
     if not bool((column > 0).all()):
         raise ValueError(f"Intra-Fusion {name}: the transport plan leaves a neuron without mass")
@@ -95,10 +99,10 @@ class IntraFusion(RestorationMethod):
 
     def restore_unit(self, unit, tensors, kept):
         n = unit.n_channels
-        weight, bias = folded_producer(unit, self.variant)
+        weight, bias = folded_producer(unit, self.variant)  # float64, where the unit's weights are
         features = torch.cat([weight, *consumer_columns(unit)], dim=1)
         if len(kept) == n:  # nothing pruned: every neuron is its own target
-            T = selection_matrix(n, kept).T
+            T = selection_matrix(n, kept, device=weight.device).T
         else:
             T = transport_map(features, kept, p=self.hparams["cost_p"], max_iter=self.hparams["max_iter"],
                               float32_cost=self.variant == "paper", name=unit.name)
@@ -112,10 +116,9 @@ class IntraFusion(RestorationMethod):
             m = len(kept)
             eps = float(unit.bn.eps)
             held_in_bn = unit.layer.bias is None  # the fused bias lives in the BN mean
-            update.bn = {"weight": torch.ones(m, dtype=torch.float64), "bias": torch.zeros(m, dtype=torch.float64),
-                         "running_mean": -fused_bias if held_in_bn else torch.zeros(m, dtype=torch.float64),
-                         "running_var": torch.full((m,), 1.0 if self.variant == "paper" else 1.0 - eps,
-                                                   dtype=torch.float64)}
+            update.bn = {"weight": weight.new_ones(m), "bias": weight.new_zeros(m),
+                         "running_mean": -fused_bias if held_in_bn else weight.new_zeros(m),
+                         "running_var": weight.new_full((m,), 1.0 if self.variant == "paper" else 1.0 - eps)}
             if not held_in_bn:
                 update.bias = fused_bias
         elif fused_bias is not None:

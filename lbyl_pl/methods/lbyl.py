@@ -33,7 +33,7 @@ import torch
 from ..surgery import selection_matrix
 from ..units import UnitTensors
 from .base import Hyperparameter, RestorationMethod, UnitRestoration, register, check_choice
-from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
+from .common import bn_gamma_sigma, check_nonnegative, check_variant, kept_indices, pruned_indices
 
 SOLVERS = ("shared", "batched", "reference")
 
@@ -61,8 +61,8 @@ def _solve_spd(A: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
 def lbyl_system(t: UnitTensors, kept: list[int], lambda1: float, lambda2: float, variant: str):
     """The per-layer pieces ``G``, ``M``, right-hand sides and ``g`` (all float64), plus ``K``."""
     W = t.weight
-    k = torch.as_tensor(kept, dtype=torch.long)
-    P = pruned_indices(W.shape[0], kept)
+    k = kept_indices(kept, device=W.device)
+    P = pruned_indices(W.shape[0], kept, device=W.device)
     Wk, Wp = W[k], W[P]
     gamma, sigma = bn_gamma_sigma(t, variant)
     g = gamma[P] / sigma[P]
@@ -94,7 +94,7 @@ def _shared_solve(G, M, rhs, g, what):
         C, info = torch.linalg.cholesky_ex(M)
         if info != 0:  # M only semi-definite (e.g. lambda2 = 0): materialise the systems instead
             return _batched_solve(G, M, rhs, g, what)
-        eye = torch.eye(M.shape[0], dtype=M.dtype)
+        eye = torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
         C_inv = torch.linalg.solve_triangular(C, eye, upper=False)
         B = C_inv @ G @ C_inv.T
     L, V = torch.linalg.eigh((B + B.T) / 2)
@@ -128,7 +128,8 @@ def _float32_copy(t: UnitTensors) -> UnitTensors:
 
 
 def _sposv(A, b, what: str):
-    """One float32 SPD solve by LAPACK ``sposv`` (as the reference), with this package's error."""
+    """One float32 SPD solve by LAPACK ``sposv`` (as the reference), with this package's error. ``A`` and ``b``:
+    numpy arrays or CPU tensors (scipy's LAPACK runs on the CPU only)."""
     import numpy as np
     import scipy.linalg
 
@@ -142,12 +143,16 @@ def _sposv(A, b, what: str):
 
 
 def _reference_solve(G, M, rhs, g, what):
-    """float32 systems ``G + g_p^2 M`` solved one by one (``G``, ``M``, ``rhs`` and ``g`` are float32)."""
+    """float32 systems ``G + g_p^2 M`` solved one by one (``G``, ``M``, ``rhs`` and ``g`` are float32).
+
+    The reference's LAPACK ``sposv`` through scipy runs on the CPU only: the layer's small float32 pieces are
+    moved there and the coefficients come back to the device of ``rhs``."""
     import numpy as np
 
-    G, M, rhs, g = (x.numpy() for x in (G, M, rhs, g))
+    device = rhs.device
+    G, M, rhs, g = (x.cpu().numpy() for x in (G, M, rhs, g))
     s = np.stack([_sposv(G + g[i] * g[i] * M, rhs[i], what) for i in range(rhs.shape[0])])
-    return torch.from_numpy(s).to(torch.float64)
+    return torch.from_numpy(s).to(device=device, dtype=torch.float64)
 
 
 def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: float,
@@ -158,7 +163,7 @@ def lbyl_delivery(t: UnitTensors, kept: list[int], *, lambda1: float, lambda2: f
     lambda2 = check_nonnegative("lambda2", lambda2)
     check_solver(solver)
     n = t.weight.shape[0]
-    S = selection_matrix(n, kept)
+    S = selection_matrix(n, kept, device=t.weight.device)  # solved where the unit's weights are
     if len(kept) == n:
         return S
     if solver == "reference":
@@ -187,15 +192,15 @@ def _fc_ridge_delivery(t: UnitTensors, kept: list[int], lambda2: float, S: torch
     """LeNet: ``sklearn.linear_model.Ridge(alpha=lambda2, fit_intercept=True)`` per pruned row (in the
     tensors' dtype: float32 for the ``reference`` solver, as sklearn keeps float32 inputs)."""
     W = t.weight
-    P = pruned_indices(W.shape[0], kept)
-    X = W[torch.as_tensor(kept, dtype=torch.long)].T  # (D, m): samples are the D coordinates
+    P = pruned_indices(W.shape[0], kept, device=W.device)
+    X = W[kept_indices(kept, device=W.device)].T  # (D, m): samples are the D coordinates
     Y = W[P].T  # (D, q)
     Xc = X - X.mean(dim=0, keepdim=True)
     Yc = Y - Y.mean(dim=0, keepdim=True)
-    A = Xc.T @ Xc + lambda2 * torch.eye(X.shape[1], dtype=X.dtype)
+    A = Xc.T @ Xc + lambda2 * torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
     # the fitted intercept is discarded, as in the reference
-    if solver == "reference":
-        S[P] = torch.from_numpy(_sposv(A, Xc.T @ Yc, name)).T.to(torch.float64)
+    if solver == "reference":  # scipy's LAPACK: the (m, m) system on the CPU, the coefficients back on S's device
+        S[P] = torch.from_numpy(_sposv(A.cpu(), (Xc.T @ Yc).cpu(), name)).T.to(device=S.device, dtype=torch.float64)
     else:
         S[P] = _solve_spd(A, Xc.T @ Yc, name).T
     return S

@@ -14,7 +14,7 @@ import torch
 from ..surgery import selection_matrix
 from ..units import UnitTensors
 from .base import Hyperparameter, RestorationMethod, UnitRestoration, register
-from .common import bn_gamma_sigma, check_nonnegative, check_variant, pruned_indices
+from .common import bn_gamma_sigma, check_nonnegative, check_variant, kept_indices, pruned_indices
 
 # The Neuron Merging scripts' threshold for conv nets; a network may set its own
 # (``default_nm_threshold``: 0.45 for LeNet-300-100, docs/method.md §12.2).
@@ -46,12 +46,12 @@ def merge_delivery(t: UnitTensors, kept: list[int], *, threshold: float, nm_lamb
     check_variant(variant)
     threshold = check_nonnegative("threshold", threshold)
     nm_lambda = check_nm_lambda(nm_lambda)
-    n = t.weight.shape[0]
-    S = selection_matrix(n, kept)
-    P = pruned_indices(n, kept)
+    n, device = t.weight.shape[0], t.weight.device  # computed where the unit's weights are
+    S = selection_matrix(n, kept, device=device)
+    P = pruned_indices(n, kept, device=device)
     if len(P) == 0:
         return S
-    k = torch.as_tensor(kept, dtype=torch.long)
+    k = kept_indices(kept, device=device)
     Wk, Wp = t.weight[k], t.weight[P]
     cos, norm_p, norm_k = _cosine_and_norms(Wp, Wk)
     usable = norm_k[None, :].expand_as(cos) > 0

@@ -9,7 +9,7 @@ from .base import RestorationMethod, UnitRestoration, register
 
 
 def prune_delivery(t: UnitTensors, kept: list[int]) -> torch.Tensor:
-    return selection_matrix(t.weight.shape[0], kept)
+    return selection_matrix(t.weight.shape[0], kept, device=t.weight.device)
 
 
 @register
