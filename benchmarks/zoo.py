@@ -39,7 +39,7 @@ def parse_args(argv=None):
                         help="also refit the pruned network (LBYL start) on inputs distilled from the model "
                              "(REFIT options below) and report the output KL on held-out distilled inputs "
                              "before -> after")
-    parser.add_argument("--refit-options", default='{"n": 16, "heldout": 8, "iterations": 20}',
+    parser.add_argument("--refit-options", default='{"n": 16, "heldout": 8, "iterations": 20, "bn_free": "deepinversion"}',
                         help="JSON refit options for --refit (small: the zoo's models are large)")
     return parser.parse_args(argv)
 

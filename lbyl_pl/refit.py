@@ -37,7 +37,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .discovery import example_inputs_of
-from .distill import STATS, distill_inputs
+from .distill import BN_FREE_MODES, STATS, _bn_layers, distill_inputs
 from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
 from .spec import attach_spec, spec_of
 from .units import all_finite
@@ -53,6 +53,10 @@ REFIT_DEFAULTS = {
     "class_weight": 0.0,           # DeepInversion's class-conditional term in the distillation (0: none)
     "alphas": (1e-3, 1e-2, 1e-1),  # ridge strength relative to mean(diag(AᵀA)), chosen per layer on the held-out set
     "max_rows": 65536,             # rows of A (positions x images) sampled per layer for the fit
+    # networks without BatchNorm have no statistics to distil from: None refuses (measured on LeNet-300-100, the
+    # refit on DeepInversion inputs lowered the best start at 50-60 % and Intra-Fusion everywhere: results/README.md,
+    # "Refit on distilled inputs"); "deepinversion" or "gaussian" distils that way anyway (lbyl_pl.distill)
+    "bn_free": None,
 }
 @dataclass
 class RefitReport:
@@ -103,6 +107,8 @@ def check_refit_options(options: dict) -> dict:
             raise ValueError(f"refit option {name} must be an integer >= {0 if name == 'heldout' else 1}, got {v!r}")
     if isinstance(out["iterations"], bool) or not isinstance(out["iterations"], int) or out["iterations"] < 0:
         raise ValueError(f"refit option iterations must be an integer >= 0, got {out['iterations']!r}")
+    if out["bn_free"] not in (None, *BN_FREE_MODES):
+        raise ValueError(f"refit option bn_free must be None, {' or '.join(BN_FREE_MODES)}, got {out['bn_free']!r}")
     cw = out["class_weight"]
     if isinstance(cw, bool) or not isinstance(cw, (int, float)) or not math.isfinite(cw) or cw < 0:
         raise ValueError(f"refit option class_weight must be a finite number >= 0, got {cw!r}")
@@ -330,8 +336,16 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
 
 
 def _distilled(original: nn.Module, options: dict, seed: int, example_inputs, progress: bool):
+    if options["bn_free"] is None and not _bn_layers(original):
+        raise ValueError(
+            f"{type(original).__name__} has no BatchNorm layer: there are no statistics to distil refit inputs from, "
+            "and on LeNet-300-100 the refit on DeepInversion inputs lowered the best restored network at 50-60 % "
+            "(results/README.md, 'Refit on distilled inputs'). Pass your own unlabelled inputs (refit_inputs=..., "
+            "or refit(original, restored, inputs)), or refit={'bn_free': 'deepinversion'} (or 'gaussian') to "
+            "refit on synthetic inputs anyway")
     kw = dict(example_inputs=example_inputs, iterations=options["iterations"], progress=progress,
-              stats=options["stats"], class_weight=options["class_weight"])
+              stats=options["stats"], class_weight=options["class_weight"],
+              bn_free=options["bn_free"] or "deepinversion")
     fit = distill_inputs(original, n=options["n"], seed=seed, **kw)
     held = distill_inputs(original, n=options["heldout"], seed=seed + 1, **kw) if options["heldout"] else None
     return fit, held

@@ -298,3 +298,18 @@ def test_output_energy_criterion_reads_activations(tiny_net):
     assert 2 in given.lbyl_spec["units"]["conv1"]
     with pytest.raises(ValueError, match="criterion 'output-energy' reads activations on inputs"):
         select_kept(torch.randn(6, 4), "output-energy", 3)
+
+
+def test_network_without_batchnorm_refuses_distilled_refit():
+    """No BN: no statistics to distil from; refused with the reason unless bn_free or own inputs are given."""
+    net = LinearChain().eval()
+    with pytest.raises(ValueError, match=r"LinearChain has no BatchNorm layer.*bn_free"):
+        prune_and_restore(net, "prune", "l2-norm", 0.5, units=["conv1"], refit=dict(FAST))
+    _, report = prune_and_restore(net, "prune", "l2-norm", 0.5, units=["conv1"],
+                                  refit={**FAST, "bn_free": "gaussian"})
+    assert report.refit.layers
+    _, report = prune_and_restore(net, "prune", "l2-norm", 0.5, units=["conv1"], refit=True,
+                                  refit_inputs=torch.randn(16, 3, 8, 8))
+    assert report.refit.inputs == "given"
+    with pytest.raises(ValueError, match="bn_free must be None, gaussian or deepinversion"):
+        prune_and_restore(net, "prune", "l2-norm", 0.5, refit={"bn_free": "noise"})
