@@ -7,6 +7,7 @@ from .data import evaluate
 from .discovery import Discovery, SkippedGroup, discover, discover_units
 from .methods import METHODS
 from .models import ARCHITECTURES, build_model
+from .refit import RefitReport, refit
 from .restoration import RestorationReport, prune_and_restore, restore_from_spec
 from .selection import CRITERIA
 from .prunable import prunable_units
@@ -14,7 +15,7 @@ from .units import PrunableUnit
 
 __version__ = "0.1.0"
 
-__all__ = ["auto_hparams", "auto_hparams_search", "distill_inputs", "ARCHITECTURES", "CRITERIA", "Discovery", "METHODS", "PrunableUnit", "RestorationReport",
-           "RestoreCallback", "SkippedGroup", "UnitCheck", "build_model", "check_units", "discover",
+__all__ = ["auto_hparams", "auto_hparams_search", "distill_inputs", "ARCHITECTURES", "CRITERIA", "Discovery",
+           "METHODS", "PrunableUnit", "RefitReport", "RestorationReport", "RestoreCallback", "SkippedGroup", "UnitCheck", "build_model", "check_units", "discover",
            "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_restored_checkpoint",
-           "load_weights", "prunable_units", "prune_and_restore", "restore_from_spec", "save_restored"]
+           "load_weights", "prunable_units", "prune_and_restore", "refit", "restore_from_spec", "save_restored"]
