@@ -65,7 +65,7 @@ def main():
     import torch
 
     from lbyl_pl import build_model, find_checkpoint, load_weights, prune_and_restore
-    from lbyl_pl.refit import _distilled, check_refit_options, refit_consumers
+    from lbyl_pl.refit import check_refit_options, distilled_inputs, refit_consumers
     torch.set_num_threads(args.threads)
     options = check_refit_options({})
     print(f"CPU: {cpu_name()}, {args.threads} threads, torch {torch.__version__}; refit options {options}")
@@ -80,7 +80,7 @@ def main():
         net.eval()
         restored, _ = prune_and_restore(net, "lbyl", "l2-norm", args.ratio)
         t0 = time.perf_counter()
-        fit, held = _distilled(net, options, args.seed, None, progress=False)
+        fit, held = distilled_inputs(net, options, args.seed, None, progress=False)
         distill = time.perf_counter() - t0
         times, peaks = [], []
         for _ in range(args.repeats):

@@ -109,7 +109,7 @@ def main():
     path = Path(args.csv)
     path.parent.mkdir(parents=True, exist_ok=True)
     done = set()
-    if path.is_file():
+    if path.is_file() and path.stat().st_size:
         with path.open() as f:
             done = {tuple(r[k] for k in ("net", "split", "method", "criterion", "ratio", "refit", "options"))
                     for r in csv.DictReader(f)}
@@ -122,7 +122,7 @@ def main():
     original_key = (args.net, args.split, "original", "-", "0.0", "none", "{}")
     if original_key not in done:
         cells.insert(0, ("original", "-", 0.0, "none", "{}"))
-    new = not path.is_file()
+    new = not path.is_file() or path.stat().st_size == 0
     with path.open("a", newline="") as f:
         writer = csv.DictWriter(f, FIELDS)
         if new:

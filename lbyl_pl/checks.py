@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .discovery import example_inputs_of
+from .example_inputs import example_inputs_of
 from .prunable import prunable_units
 from .surgery import UnitPlan, apply_plans, selection_matrix
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .example_inputs import _input_shape, example_inputs_of, input_rejection
 from .units import BN_TYPES, PrunableUnit
 
 __all__ = ["Discovery", "SkippedGroup", "discover", "discover_units", "example_inputs_of"]
@@ -109,30 +110,6 @@ class Discovery:
         for group in self.skipped:
             lines.append(f"  skip {group}")
         return "\n".join(lines)
-
-
-def example_inputs_of(model: nn.Module, example_inputs=None):
-    """``example_inputs`` if given, else zeros of the model's ``example_input_size`` attribute."""
-    if example_inputs is not None:
-        return example_inputs
-    size = getattr(model, "example_input_size", None)
-    if size is None:
-        raise ValueError(
-            f"{type(model).__name__} needs example inputs to find its prunable units: pass "
-            "example_inputs=torch.randn(1, 3, 224, 224) (the shape your network takes)")
-    param = next(model.parameters(), None)
-    return torch.zeros(tuple(size), dtype=param.dtype if param is not None else torch.float32,
-                       device=param.device if param is not None else "cpu")
-
-
-def _input_shape(example_inputs) -> tuple:
-    if isinstance(example_inputs, torch.Tensor):
-        return tuple(example_inputs.shape)
-    if isinstance(example_inputs, (list, tuple)):
-        return tuple(_input_shape(x) for x in example_inputs)
-    if isinstance(example_inputs, dict):
-        return tuple(sorted((k, _input_shape(v)) for k, v in example_inputs.items()))
-    return (type(example_inputs).__name__,)
 
 
 def _signature(model: nn.Module, example_inputs) -> tuple:
@@ -225,7 +202,7 @@ def _trace(model: nn.Module, example_inputs):
     if failure is not None:
         message = (f"the tracer (Torch-Pruning {_tp_version()}) cannot handle {type(model).__name__}: "
                    f"{type(failure).__name__}: {' '.join(str(failure).split())[:200]}")
-        rejection = _input_rejection(model, inputs)  # blame the tracer only for an input the model accepts
+        rejection = input_rejection(model, inputs)  # blame the tracer only for an input the model accepts
         if rejection is None:
             raise ValueError(message) from failure
         shape, expects, error = rejection
@@ -233,36 +210,6 @@ def _trace(model: nn.Module, example_inputs):
         raise ValueError(f"example input of shape {shape} does not fit {type(model).__name__}: "
                          f"{expects or 'its own forward fails on it'} ({error}){message}") from failure
     return tp, graph, int(flops.get_total_flops()), calls, out_numel
-
-
-def _input_rejection(model: nn.Module, inputs: tuple) -> tuple | None:
-    """Whether ``model`` itself rejects ``inputs``: a plain forward under ``no_grad``, in eval mode so that no
-    BN statistic moves. ``None`` when that forward runs, else ``(input shape, what the first Conv2d / Linear
-    in module order expects where the input does not match it (or ""), the forward's error)``."""
-    was_training = {m: m.training for m in model.modules()}
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(*inputs)
-        return None
-    except Exception as err:  # whatever the model raises on an input it cannot take
-        error = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
-    finally:
-        for module, mode in was_training.items():
-            module.training = mode
-    shapes = [list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs]
-    shape = shapes[0] if len(shapes) == 1 else shapes
-    expects = ""
-    x = inputs[0] if len(inputs) == 1 and isinstance(inputs[0], torch.Tensor) else None
-    first = next(((name, m) for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))), None)
-    if first is not None and x is not None:
-        name, layer = first
-        if isinstance(layer, nn.Conv2d) and (x.dim() < 3 or x.shape[-3] != layer.in_channels):
-            expects = f"its first layer {name} expects {layer.in_channels} input channels"
-        elif isinstance(layer, nn.Linear) and x.dim() >= 1 and x.shape[-1] != layer.in_features \
-                and (x[0].numel() if x.dim() >= 2 else x.numel()) != layer.in_features:
-            expects = f"its first layer {name} expects {layer.in_features} input features"
-    return shape, expects, error
 
 
 def _discover(model: nn.Module, example_inputs) -> Discovery:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .discovery import example_inputs_of
+from .example_inputs import example_inputs_of
 from .methods.base import check_choice
 from .methods.common import check_int
 

@@ -107,12 +107,8 @@ class LayerJob:
         self.result: LayerFit | None = None
 
     def __call__(self, module, args):
-        if self.done:  # a module called again in the same forward pass keeps its first refit
-            return None
         self.done = True
-        x = args[0]
-        self.result = _solve_layer(self, x)
-        return None
+        self.result = _solve_layer(self, args[0])
 
 
 def _gather(module, x, rows):

@@ -36,13 +36,14 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .discovery import example_inputs_of
+from .example_inputs import check_inputs, input_shape_of
 from .distill import BN_FREE_MODES, STATS, _bn_layers, distill_inputs
 from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
 from .spec import attach_spec, spec_of
-from .units import all_finite
 
-__all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "refit", "refit_consumers", "check_refit_options"]
+
+__all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "check_refit_options", "distilled_inputs", "refit", "refit_consumers",
+           "refit_record"]
 
 # Defaults, each decided by measurement (results/README.md, "Refit on distilled inputs").
 REFIT_DEFAULTS = {
@@ -150,19 +151,6 @@ def _check_pair(original: nn.Module, restored: nn.Module) -> None:
                                  f"{tuple(p.shape)} in restored and "
                                  f"{tuple(q.shape) if isinstance(q, torch.Tensor) else None} in original "
                                  "(pruning only removes output or input channels)")
-
-
-def _check_inputs(x, label: str, shape: tuple | None) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise ValueError(f"{label} must be a floating-point tensor (N, *input_shape), got "
-                         f"{type(x).__name__ if not isinstance(x, torch.Tensor) else x.dtype}")
-    if x.dim() < 2 or len(x) < 1:
-        raise ValueError(f"{label} must be batched (N, *input_shape) with N >= 1, got shape {list(x.shape)}")
-    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
-        raise ValueError(f"{label} have shape {list(x.shape)}; the network takes (N, {', '.join(map(str, shape))})")
-    if not all_finite(x):
-        raise ValueError(f"{label} contain NaN or Inf values; pass finite inputs")
-    return x
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -296,7 +284,7 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
         with torch.no_grad():
             before_logits = _first_output(restored(inputs[n_fit:])) if len(inputs) > n_fit else None
         jobs = [LayerJob(name, module, fit[name][1], held[name][1], fit[name][0], held[name][0], n_fit,
-                            kept.get(name), bn_of.get(name), options) for name, module in layers.items()]
+                         kept.get(name), bn_of.get(name), options) for name, module in layers.items()]
         bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -305,6 +293,8 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
 
         def make_hook(job):
             def hook(module, args):
+                if job.done:  # a module called again in the same pass keeps its first refit
+                    return
                 job(module, args)
                 order.append(job)
                 if bar is not None:
@@ -335,7 +325,7 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
     return report
 
 
-def _distilled(original: nn.Module, options: dict, seed: int, example_inputs, progress: bool):
+def distilled_inputs(original: nn.Module, options: dict, seed: int, example_inputs, progress: bool):
     if options["bn_free"] is None and not _bn_layers(original):
         raise ValueError(
             f"{type(original).__name__} has no BatchNorm layer: there are no statistics to distil refit inputs from, "
@@ -366,20 +356,20 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
     """
     options = check_refit_options(options)
     _check_pair(original, restored)
-    shape = _input_shape_of(original, example_inputs, inputs)
+    shape = input_shape_of(original, example_inputs, inputs)
     started = time.perf_counter()
     if inputs is None:
         if heldout is not None:
             raise ValueError("heldout inputs need inputs: pass both, or neither to distil them")
-        fit, held = _distilled(original, options, seed, example_inputs, progress)
+        fit, held = distilled_inputs(original, options, seed, example_inputs, progress)
         source = "distilled"
     else:
-        fit = _check_inputs(inputs, "inputs", shape)
+        fit = check_inputs(inputs, "inputs", shape)
         if heldout is None:
             cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
             fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
         else:
-            held = _check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
+            held = check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
         source = "given"
     distill_seconds = time.perf_counter() - started
     spec = spec_of(restored)
@@ -396,16 +386,3 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
 def refit_record(options: dict, source: str) -> dict:
     """What the spec records of a refit (plain data): where the inputs came from and the options."""
     return {"inputs": source, **{k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}}
-
-
-def _input_shape_of(model: nn.Module, example_inputs, inputs) -> tuple | None:
-    """One sample's shape the network takes, when it is known (from example inputs or the model)."""
-    try:
-        x = example_inputs_of(model, example_inputs)
-    except ValueError:
-        if inputs is None:
-            raise
-        return None
-    if isinstance(x, (tuple, list)):
-        x = x[0] if len(x) == 1 else None
-    return tuple(x.shape[1:]) if isinstance(x, torch.Tensor) else None

@@ -13,8 +13,9 @@ from .methods import make_method
 from .energy import channel_energy
 from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
-from .discovery import discover, example_inputs_of
-from .refit import RefitReport, check_refit_options, refit_consumers, refit_record
+from .discovery import discover
+from .example_inputs import check_inputs, example_inputs_of, input_shape_of
+from .refit import RefitReport, check_refit_options, distilled_inputs, refit_consumers, refit_record
 from .prunable import prunable_units
 from .spec import SPEC_FORMAT, attach_spec
 from .units import unit_tensors
@@ -158,11 +159,10 @@ def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
 def _selection_inputs(model, refit, refit_inputs, example_inputs, progress, seed):
     """The inputs an input-aware criterion measures on: the refit's inputs (the caller's, or the fit set the
     refit distils with its options, cached, so that both stages see the same inputs)."""
-    from .refit import _check_inputs, _distilled, _input_shape_of
     if refit_inputs is not None:
-        return _check_inputs(refit_inputs, "refit_inputs", _input_shape_of(model, example_inputs, refit_inputs))
+        return check_inputs(refit_inputs, "refit_inputs", input_shape_of(model, example_inputs, refit_inputs))
     options = check_refit_options(refit if isinstance(refit, dict) else {})
-    return _distilled(model, options, seed, example_inputs, progress)[0]
+    return distilled_inputs(model, options, seed, example_inputs, progress)[0]
 
 
 def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, refit_inputs, example_inputs,
@@ -178,14 +178,13 @@ def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, 
         options = check_refit_options(refit)
     else:
         raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
-    from .refit import _check_inputs, _distilled, _input_shape_of
     started = time.perf_counter()
     if refit_inputs is None:
-        fit, held = _distilled(model, options, seed, example_inputs, progress)
+        fit, held = distilled_inputs(model, options, seed, example_inputs, progress)
         source = "distilled"
     else:
-        shape = _input_shape_of(model, example_inputs, refit_inputs)
-        fit = _check_inputs(refit_inputs, "refit_inputs", shape)
+        shape = input_shape_of(model, example_inputs, refit_inputs)
+        fit = check_inputs(refit_inputs, "refit_inputs", shape)
         cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
         fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
         source = "given"
