@@ -1,6 +1,6 @@
 """Markdown tables from the CSVs ``benchmarks/refit_table.py`` writes (what results/README.md quotes).
 
-    python benchmarks/refit_report.py results/refit/resnet56/table.csv            # methods x refit, per ratio
+    python benchmarks/refit_report.py results/refit/resnet56/table.csv > results/refit/resnet56/refit.md
     python benchmarks/refit_report.py results/refit/defaults/mixnet.csv --by options   # one row per option set
 
 ``--by cells`` (default): one row per (criterion, ratio), one column per method and refit mode (``none``: the
@@ -91,9 +91,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("csv", nargs="+")
     p.add_argument("--by", choices=("cells", "options"), default="cells")
+    p.add_argument("--title", default=None, help="first line (what network, which images); default: the CSV path")
     args = p.parse_args()
     for path in args.csv:
-        print(f"### {path}\n")
+        print(f"# {args.title or path}\n")
         rows = read(path)
         print(by_cells(rows) if args.by == "cells" else by_options(rows))
 

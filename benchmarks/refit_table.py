@@ -85,6 +85,31 @@ def eval_set(name: str, split: str):
     return ArrayImageDataset(*load_cifar10_npz(None, "test"), mean, std), real
 
 
+def cache_on_disk(name: str, folder: Path) -> None:
+    """Keep the refit's distilled inputs on disk, so that separate runs on one network distil each set once
+    (``lbyl_pl.distill`` caches in memory only, per process)."""
+    import hashlib
+
+    import torch
+
+    import lbyl_pl.refit  # noqa: F401  (the module; lbyl_pl.refit the attribute is the function)
+    refit_module = sys.modules["lbyl_pl.refit"]
+    distill = refit_module.distill_inputs
+
+    def cached(model, **kwargs):
+        key = {k: v for k, v in kwargs.items() if k not in ("progress", "example_inputs")}
+        digest = hashlib.sha256(json.dumps([name, key], sort_keys=True).encode()).hexdigest()[:16]
+        path = folder / f"{name}_{digest}.pt"
+        if path.is_file():
+            return torch.load(path, weights_only=True)
+        x = distill(model, **kwargs)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(x, path)
+        return x
+
+    refit_module.distill_inputs = cached
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -98,6 +123,8 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--csv", required=True)
+    p.add_argument("--cache-dir", default=str(RUNS / "distilled"),
+                   help="distilled inputs are kept here between runs (keyed by network and distillation options)")
     args = p.parse_args()
     set_thread_env(args.threads)
     import torch
@@ -114,6 +141,7 @@ def main():
             done = {tuple(r[k] for k in ("net", "split", "method", "criterion", "ratio", "refit", "options"))
                     for r in csv.DictReader(f)}
     net = load_net(args.net)
+    cache_on_disk(args.net, Path(args.cache_dir))
     data, real = eval_set(args.net, args.split)
     cells = [(m, c, float(r), mode, o) for c in args.criteria.split(",") for r in args.ratios.split(",")
              for m in args.methods.split(",") for mode in args.refit.split(",")
