@@ -179,7 +179,7 @@ def test_refit_on_discovered_networks(arch, randomize_bn):
     import torchvision
     torch.manual_seed(0)
     net = randomize_bn(torchvision.models.get_model(arch, weights=None, num_classes=10)).eval()
-    x = torch.zeros(1, 3, 64, 64)
+    x = torch.zeros(1, 3, 32, 32)
     restored, report = prune_and_restore(net, "prune", "l2-norm", 0.5, example_inputs=x,
                                          refit={**FAST, "n": 8, "heldout": 4, "iterations": 3})
     r = report.refit
