@@ -70,9 +70,9 @@ def by_options(rows) -> str:
               "|---" * (5 + len(ratios)) + "|"]
     for (method, criterion, mode, options), got in table.items():
         vals = [got.get(x) for x in ratios]
-        mean = statistics.mean(v for v in vals if v is not None)
+        mean = f"{statistics.mean(vals):.2f}" if None not in vals else "-"  # over every ratio, or not at all
         lines.append(f"| {method} | {criterion} | {mode} | `{options}` | "
-                     + " | ".join(f"{v:.2f}" if v is not None else "-" for v in vals) + f" | {mean:.2f} |")
+                     + " | ".join(f"{v:.2f}" if v is not None else "-" for v in vals) + f" | {mean} |")
     return "\n".join(lines) + "\n" + times(rows)
 
 
