@@ -95,6 +95,48 @@ class _Gram:
         return float((W * (self.AtA @ W)).sum() - 2 * (W * self.AtY).sum() + self.YtY)
 
 
+class _Rows:
+    """``A`` and ``Y`` themselves, for a layer with fewer fit rows than unknowns (a Linear with a wide fan-in after
+    a flatten): there the ridge solution is cheaper in its dual form, ``W = W₀ + Aᵀ(AAᵀ + λI)⁻¹(Y − AW₀)``, which
+    equals the primal one, and ``AᵀA`` (unknowns²) is never formed."""
+
+    def __init__(self, d: int, m: int, intercept: bool, dtype):
+        self.d, self.intercept, self.dtype = d + intercept, intercept, dtype
+        self.parts, self.targets, self.rows, self.YtY = [], [], 0, 0.0
+
+    def add(self, A: torch.Tensor, Y: torch.Tensor) -> None:
+        A = A.to(torch.float64).cpu()
+        if self.intercept:
+            A = torch.cat([A, A.new_ones(len(A), 1)], dim=1)
+        self.parts.append(A)
+        self.targets.append(Y.to(torch.float64).cpu())
+        self.YtY += float(self.targets[-1].pow(2).sum())
+        self.rows += len(A)
+
+    @property
+    def A(self) -> torch.Tensor:
+        return torch.cat(self.parts) if self.parts else torch.zeros(0, self.d, dtype=torch.float64)
+
+    @property
+    def Y(self) -> torch.Tensor:
+        return torch.cat(self.targets)
+
+    def scale(self) -> float:
+        """mean(diag(AᵀA)) without forming it."""
+        return float(self.A.pow(2).sum()) / self.d
+
+    def error(self, W: torch.Tensor) -> float:
+        return float((self.A @ W - self.Y).pow(2).sum()) if self.rows else 0.0
+
+    def solve(self, W0: torch.Tensor, lam: float):
+        A = self.A
+        K = A @ A.T + lam * torch.eye(len(A), dtype=torch.float64)
+        L, info = torch.linalg.cholesky_ex(K)
+        if int(info) != 0:
+            return None
+        return W0 + A.T @ torch.cholesky_solve(self.Y - A @ W0, L)
+
+
 class LayerJob:
     """Everything needed to refit one consumer during the pruned network's forward pass."""
 
@@ -131,7 +173,9 @@ def _solve_layer(job: LayerJob, x: torch.Tensor) -> LayerFit:
     has_bias = getattr(module, "bias", None) is not None
     intercept = has_bias or job.bn is not None
     compute = torch.float64 if x.dtype == torch.float64 else torch.float32
-    fit, held = _Gram(d, m, intercept, compute), _Gram(d, m, intercept, compute)
+    dual = len(job.rows_fit) < d + intercept  # fewer rows than unknowns: the dual form (``_Rows``)
+    moments = _Rows if dual else _Gram
+    fit, held = moments(d, m, intercept, compute), moments(d, m, intercept, compute)
     for gram, xs, rows, target in ((fit, x[:job.n_fit], job.rows_fit, job.target_fit),
                                    (held, x[job.n_fit:], job.rows_held, job.target_held)):
         if rows is None or len(xs) == 0:
@@ -144,18 +188,20 @@ def _solve_layer(job: LayerJob, x: torch.Tensor) -> LayerFit:
         b0 = module.bias.detach().to(torch.float64).cpu() if has_bias else torch.zeros(m, dtype=torch.float64)
         w0 = torch.cat([w0, b0[:, None]], dim=1)
     W0 = w0.T  # (d, m)
-    scale = float(fit.AtA.diagonal().mean())
+    scale = fit.scale() if dual else float(fit.AtA.diagonal().mean())
     heldout = held.rows > 0
     before = held.error(W0) / max(held.YtY, 1e-30) if heldout else float("nan")
     best = None
     for alpha in options["alphas"]:
         lam = alpha * scale
-        system = fit.AtA + lam * torch.eye(fit.d, dtype=torch.float64)
-        L, info = torch.linalg.cholesky_ex(system)
-        if int(info) != 0:
+        if dual:
+            W = fit.solve(W0, lam)
+        else:
+            L, info = torch.linalg.cholesky_ex(fit.AtA + lam * torch.eye(fit.d, dtype=torch.float64))
+            W = torch.cholesky_solve(fit.AtY + lam * W0, L) if int(info) == 0 else None
+        if W is None:
             raise ValueError(f"refit of layer {job.name!r}: the least-squares system is singular with alpha="
                              f"{alpha:g} ({fit.rows} rows for {fit.d} unknowns); alpha must be > 0 for it")
-        W = torch.cholesky_solve(fit.AtY + lam * W0, L)
         err = held.error(W) / max(held.YtY, 1e-30) if heldout else fit.error(W) / max(fit.YtY, 1e-30)
         if not math.isfinite(err):
             continue

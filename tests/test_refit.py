@@ -212,8 +212,8 @@ def test_bad_inputs_named():
         refit(other, restored, torch.zeros(4, 3, 8, 8, dtype=F64), progress=False)
     with pytest.raises(ValueError, match="original does not match restored: module names differ"):
         refit(nn.Sequential(nn.Linear(3, 3)), restored, torch.zeros(4, 3, 8, 8, dtype=F64), progress=False)
-    with pytest.raises(ValueError, match=r"singular with alpha=0"):
-        refit(net, restored, torch.randn(2, 3, 8, 8, dtype=F64), alphas=[0.0], progress=False)
+    with pytest.raises(ValueError, match=r"singular with alpha=0"):  # all-zero inputs: only the bias is seen
+        refit(net, restored, torch.zeros(4, 3, 8, 8, dtype=F64), alphas=[0.0], progress=False)
     with pytest.raises(ValueError, match=r"unknown refit option\(s\) \['lambda'\]; allowed: n, heldout"):
         refit(net, restored, torch.randn(4, 3, 8, 8, dtype=F64), **{"lambda": 1})
     with pytest.raises(ValueError, match="alphas must be a non-empty list of finite numbers >= 0"):
@@ -313,3 +313,38 @@ def test_network_without_batchnorm_refuses_distilled_refit():
     assert report.refit.inputs == "given"
     with pytest.raises(ValueError, match="bn_free must be None, gaussian or deepinversion"):
         prune_and_restore(net, "prune", "l2-norm", 0.5, refit={"bn_free": "noise"})
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_dual_form_equals_primal(intercept):
+    """A layer with fewer rows than unknowns is solved in the dual form: the same ridge solution."""
+    from lbyl_pl.layer_fit import _Gram, _Rows
+    g = torch.Generator().manual_seed(0)
+    d, m, rows = 40, 5, 12
+    A, Y = torch.randn(rows, d, generator=g, dtype=F64), torch.randn(rows, m, generator=g, dtype=F64)
+    W0 = torch.randn(d + intercept, m, generator=g, dtype=F64)
+    gram, direct = _Gram(d, m, intercept, F64), _Rows(d, m, intercept, F64)
+    gram.add(A[:7], Y[:7]), gram.add(A[7:], Y[7:])
+    direct.add(A[:7], Y[:7]), direct.add(A[7:], Y[7:])
+    lam = 0.3 * float(gram.AtA.diagonal().mean())
+    assert direct.scale() == pytest.approx(float(gram.AtA.diagonal().mean()), rel=1e-12)
+    primal = torch.linalg.solve(gram.AtA + lam * torch.eye(d + intercept, dtype=F64), gram.AtY + lam * W0)
+    torch.testing.assert_close(direct.solve(W0, lam), primal, rtol=1e-9, atol=1e-9)
+    assert direct.error(primal) == pytest.approx(gram.error(primal), rel=1e-9)
+
+
+def test_wide_linear_consumer_uses_the_dual_form():
+    """A Linear after a flatten with more inputs than fit rows: refitted without forming its unknowns x unknowns
+    Gram matrix; with alpha = 0 it interpolates the fit inputs exactly (the solution nearest the restored weights)."""
+    net = LinearChain(conv2=nn.Conv2d(6, 5, 3, padding=1), size=12).double().eval()  # fc reads 4 x 12 x 12 = 576
+    make_dependent(net.conv3, 3, {0: 0.2, 1: -0.3})
+    with torch.no_grad():
+        net.conv3.weight[:3] *= 10.0
+    restored, _ = prune_and_restore(net, "prune", "l2-norm", 0.3, kept={"conv3": [0, 1, 2]}, units=["conv3"])
+    x = torch.randn(40, 3, 12, 12, dtype=F64)
+    out, report = refit(net, restored, x, alphas=[0.0], progress=False)
+    (fc,) = report.layers
+    assert fc.name == "fc" and fc.rows == 30 < fc.inputs == 432
+    with torch.no_grad():
+        assert (out(x[:30]) - net(x[:30])).abs().max() < 1e-6  # the 30 fit inputs
+        assert (restored(x[:30]) - net(x[:30])).abs().max() > 1e-3
