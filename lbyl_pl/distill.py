@@ -173,7 +173,7 @@ def _forward(model: nn.Module, x: torch.Tensor):
     return out
 
 
-STATS = ("image", "batch", "both")
+STATS = ("batch", "image", "both")
 _check_stats = check_choice("stats", STATS)
 
 

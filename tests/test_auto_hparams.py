@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lbyl_pl.data_free as ah
+import lbyl_pl.distill as distillation
 from lbyl_pl import prune_and_restore
 from lbyl_pl.data_free import (auto_hparams, auto_hparams_search, bn_statistics_loss, distill_inputs,
                                   rank_correlation, score)
@@ -120,13 +121,13 @@ def test_distill_chunks_are_independent_and_deterministic(calibrated_net):
 
 def test_cache_hit_is_not_recomputed(calibrated_net, monkeypatch):
     calls = []
-    real = ah._synthesize
+    real = distillation._synthesize
 
     def counting(*args, **kwargs):
         calls.append(args[1:4])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ah, "_synthesize", counting)
+    monkeypatch.setattr(distillation, "_synthesize", counting)
     net = calibrated_net()
     a = distill_inputs(net, n=8, example_inputs=X8, iterations=10, progress=False)
     b = distill_inputs(net, n=8, example_inputs=X8, iterations=10, progress=False)
@@ -328,7 +329,7 @@ def test_bn_free_network_falls_back_to_the_defaults(monkeypatch):
     torch.manual_seed(0)
     net = MLP().eval()
     calls = []
-    monkeypatch.setattr(ah, "_synthesize", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(distillation, "_synthesize", lambda *a, **k: calls.append(a))
     with pytest.warns(UserWarning, match="no BatchNorm"):
         assert auto_hparams(net, "lbyl", "l2-norm", 0.5, progress=False) == {"lambda1": 1e-6, "lambda2": 1e-2}
     net.default_nm_threshold = 0.45

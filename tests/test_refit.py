@@ -230,7 +230,7 @@ def test_bad_inputs_named():
 def test_defaults_are_checked():
     from lbyl_pl.refit import check_refit_options
     assert check_refit_options({})["alphas"] == tuple(REFIT_DEFAULTS["alphas"])
-    with pytest.raises(ValueError, match="stats must be one of image, batch, both"):
+    with pytest.raises(ValueError, match="stats must be one of batch, image, both"):
         check_refit_options({"stats": "pixel"})
 
 
