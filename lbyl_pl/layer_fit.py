@@ -1,6 +1,6 @@
 """One layer's ridge refit: its input rows (im2col for a conv), Gram matrices accumulated in chunks, the solve.
 
-``lbyl_pl.refit`` runs the network-level pass and calls ``solve_layer`` from a forward pre-hook on each consumer,
+``lbyl_pl.refit`` runs the network-level pass; a ``LayerJob`` is the forward pre-hook on each consumer that solves it,
 with the consumer's input in the pruned network and the original network's output at sampled rows.
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ class LayerFit:
 
 
 def fittable(module: nn.Module) -> bool:
+    """A layer the refit can refit: a Linear, or a Conv2d that mixes all input channels (groups 1)."""
     return isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1)
 
 
