@@ -42,8 +42,8 @@ from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
 from .spec import attach_spec, spec_of
 
 
-__all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "check_refit_options", "distilled_inputs", "refit", "refit_consumers",
-           "refit_record"]
+__all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "check_refit_options", "distilled_inputs", "refit",
+           "refit_consumers", "refit_record", "split_given"]
 
 # Defaults, each decided by measurement (results/README.md, "Refit on distilled inputs").
 REFIT_DEFAULTS = {
@@ -325,7 +325,15 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
     return report
 
 
+def split_given(inputs: torch.Tensor):
+    """The caller's own inputs as (fit, held out): the last quarter (at least one) is held out, if there are two."""
+    cut = len(inputs) - max(1, len(inputs) // 4) if len(inputs) > 1 else len(inputs)
+    return inputs[:cut], (inputs[cut:] if cut < len(inputs) else None)
+
+
 def distilled_inputs(original: nn.Module, options: dict, seed: int, example_inputs, progress: bool):
+    """(fit, held out) inputs distilled from ``original`` with the refit's options (cached per network); a network
+    without BatchNorm is refused unless ``options['bn_free']`` says how to distil anyway."""
     if options["bn_free"] is None and not _bn_layers(original):
         raise ValueError(
             f"{type(original).__name__} has no BatchNorm layer: there are no statistics to distil refit inputs from, "
@@ -351,7 +359,7 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
     ``options['heldout']`` more with another seed (no data is read; cached per network); a tensor
     ``(N, *input_shape)`` is the caller's own unlabelled inputs (``heldout`` inputs, else its last quarter, are
     held out). ``options``: see ``REFIT_DEFAULTS`` (``alphas``, ``max_rows``, and for distillation ``n``,
-    ``heldout``, ``iterations``, ``stats``). Raises ``ValueError`` for inputs of the wrong shape, NaN/Inf inputs,
+    ``heldout``, ``iterations``, ``stats``, ``class_weight``, ``bn_free``). Raises ``ValueError`` for inputs of the wrong shape, NaN/Inf inputs,
     an ``original`` whose architecture does not match ``restored`` and a singular system.
     """
     options = check_refit_options(options)
@@ -366,8 +374,7 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
     else:
         fit = check_inputs(inputs, "inputs", shape)
         if heldout is None:
-            cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
-            fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
+            fit, held = split_given(fit)
         else:
             held = check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
         source = "given"

@@ -15,7 +15,8 @@ from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, ke
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover
 from .example_inputs import check_inputs, example_inputs_of, input_shape_of
-from .refit import RefitReport, check_refit_options, distilled_inputs, refit_consumers, refit_record
+from .refit import (RefitReport, check_refit_options, distilled_inputs, refit_consumers, refit_record,
+                    split_given)
 from .prunable import prunable_units
 from .spec import SPEC_FORMAT, attach_spec
 from .units import unit_tensors
@@ -185,8 +186,7 @@ def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, 
     else:
         shape = input_shape_of(model, example_inputs, refit_inputs)
         fit = check_inputs(refit_inputs, "refit_inputs", shape)
-        cut = len(fit) - max(1, len(fit) // 4) if len(fit) > 1 else len(fit)
-        fit, held = fit[:cut], (fit[cut:] if cut < len(fit) else None)
+        fit, held = split_given(fit)
         source = "given"
     distill_seconds = time.perf_counter() - started
     report = refit_consumers(model, restored, fit, held, kept_sets, options, progress=progress, seed=seed)
