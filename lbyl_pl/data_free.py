@@ -3,11 +3,12 @@
 LBYL and NM restore a pruned network without data, but their hyperparameters were tuned with data (the
 published ones on the test set). This module chooses them with *no data at all*:
 
-1. ``distill_inputs``: synthetic inputs made from the trained network alone (ZeroQ-style "distilled data":
-   Gaussian noise optimised so that every BatchNorm layer sees the statistics it recorded in training);
-2. ``score``: how far a restored network is from the original on those inputs, with no labels (KL divergence
-   of the softmax outputs by default; lower is better);
-3. ``auto_hparams`` / ``auto_hparams_search``: restore the network once per point of a small grid and keep
+1. ``distill_inputs`` (``lbyl_pl.distill``, re-exported here): synthetic inputs made from the trained network
+   alone (ZeroQ-style "distilled data": Gaussian noise optimised so that every BatchNorm layer sees the statistics
+   it recorded in training);
+2. ``score`` (``lbyl_pl.score``, re-exported here): how far a restored network is from the original on those
+   inputs, with no labels (KL divergence of the softmax outputs by default; lower is better);
+3. ``auto_hparams`` / ``auto_hparams_search`` (this module): restore the network once per point of a small grid and keep
    the point whose restored network scores best (one pair per network and cell, like the published tables).
 
 Nothing here reads a dataset: the only inputs are the model's weights and BatchNorm buffers.
