@@ -30,7 +30,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from .methods import make_method
 from .checkpoints import read_checkpoint
-from .refit import check_refit_options
+from .refit import refit_options
 from .restoration import prune_and_restore, restore_from_spec
 from .selection import DEFAULT_RATIO, check_criterion, check_ratio
 from .spec import RESTORE_KEY, attach_spec, checkpoint_entries, restored_submodule, spec_of, state_dict_and_spec
@@ -69,7 +69,7 @@ class RestoreCallback(Callback):
         # the method object checks its own hyperparameters (lbyl_pl.METHODS): bad input fails here, not
         # in the middle of a fit
         self.method = make_method(method, variant, **hparams)
-        self.refit = _check_refit(refit)
+        self.refit = refit if refit_options(refit) is not None else False
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
         check_criterion(criterion)
@@ -116,7 +116,7 @@ class RestoreCallback(Callback):
         restorer = make_method(method, variant, **hparams)
         check_criterion(criterion)
         check_ratio(ratio)
-        self.refit = _check_refit(refit)
+        self.refit = refit if refit_options(refit) is not None else False
         self.method, self.criterion, self.ratio = restorer, criterion, ratio
         self.report = self.spec = None
         return self
@@ -220,16 +220,6 @@ class RestoreCallback(Callback):
             experiment = getattr(logger, "experiment", None)
             if hasattr(experiment, "add_text"):
                 experiment.add_text("restore/report", "```\n" + report.format() + "\n```", 0)
-
-
-def _check_refit(refit):
-    """``refit``: False, True or a dict of refit options (``lbyl_pl.refit.REFIT_DEFAULTS``), checked now."""
-    if refit is False or refit is None:
-        return False
-    if refit is not True and not isinstance(refit, dict):
-        raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
-    check_refit_options({} if refit is True else refit)
-    return refit
 
 
 def _to_device(inputs, device):

@@ -32,18 +32,18 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .example_inputs import check_inputs, input_shape_of
-from .distill import BN_FREE_MODES, STATS, _bn_layers, distill_inputs
+from .distill import BN_FREE_MODES, STATS, _bn_layers, _forward, distill_inputs
 from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
+from .score import _score_logits
 from .spec import attach_spec, spec_of
 
 
 __all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "check_refit_options", "distilled_inputs", "refit",
-           "refit_consumers", "refit_record", "split_given"]
+           "input_sets", "refit_consumers", "refit_options", "refit_record", "split_given"]
 
 # Defaults, each decided by measurement (results/README.md, "Refit on distilled inputs").
 REFIT_DEFAULTS = {
@@ -91,6 +91,16 @@ class RefitReport:
 # --------------------------------------------------------------------------------------------------------
 # checks
 # --------------------------------------------------------------------------------------------------------
+
+def refit_options(refit) -> dict | None:
+    """``refit=`` as given to ``prune_and_restore`` / ``RestoreCallback``: ``None`` for no refit (False or None),
+    else the checked options (True: the defaults; a dict: those options)."""
+    if refit is False or refit is None:
+        return None
+    if refit is not True and not isinstance(refit, dict):
+        raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
+    return check_refit_options({} if refit is True else refit)
+
 
 def check_refit_options(options: dict) -> dict:
     """The refit's options with defaults filled in; a bad name or value raises ``ValueError`` naming it."""
@@ -176,7 +186,7 @@ def _bn_readers(model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Mo
               for bn in bns]
     try:
         with torch.enable_grad():
-            out = _first_output(model(example.detach().clone().requires_grad_(True)))
+            out = _forward(model, example.detach().clone().requires_grad_(True))
     finally:
         for h in hooks:
             h.remove()
@@ -199,14 +209,6 @@ def _bn_readers(model: nn.Module, example: torch.Tensor, layers: dict[str, nn.Mo
             if source is node:
                 result[name] = bn
     return result
-
-
-def _first_output(out):
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    if isinstance(out, dict):
-        out = next(iter(out.values()))
-    return out
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -240,17 +242,11 @@ def _targets(original: nn.Module, inputs: torch.Tensor, names: list[str], n_fit:
     hooks = [modules[name].register_forward_hook(lambda mod, args, out, name=name: capture(mod, args, out, name))
              for name in names]
     try:
-        logits = _first_output(original(inputs)).detach()
+        logits = _forward(original, inputs).detach()
     finally:
         for h in hooks:
             h.remove()
     return fit, held, logits
-
-
-def _kl(reference: torch.Tensor, logits: torch.Tensor) -> float:
-    p = F.log_softmax(reference.double(), dim=1)
-    q = F.log_softmax(logits.double(), dim=1)
-    return float((p.exp() * (p - q)).sum(dim=1).mean())
 
 
 def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.Tensor,
@@ -266,8 +262,9 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
     inputs = fit_inputs if heldout_inputs is None else torch.cat([fit_inputs, heldout_inputs])
     param = next(restored.parameters())
     inputs = inputs.to(device=param.device, dtype=param.dtype)
+    before = dict(original.named_modules())
     for name, module in layers.items():
-        if module.weight.shape[0] != dict(original.named_modules())[name].weight.shape[0] and name not in kept:
+        if module.weight.shape[0] != before[name].weight.shape[0] and name not in kept:
             raise ValueError(f"layer {name!r} lost output channels but the pruning spec does not say which were "
                              "kept (the restored network's pruning spec, 'units')")
     report = RefitReport(inputs="given", n_fit=n_fit, n_heldout=len(inputs) - n_fit, options=dict(options))
@@ -282,7 +279,7 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
         fit, held, reference = _targets(original, inputs, list(layers), n_fit, options["max_rows"],
                                         {k: v for k, v in kept.items() if k in layers}, seed)
         with torch.no_grad():
-            before_logits = _first_output(restored(inputs[n_fit:])) if len(inputs) > n_fit else None
+            before_logits = _forward(restored, inputs[n_fit:]) if len(inputs) > n_fit else None
         jobs = [LayerJob(name, module, fit[name][1], held[name][1], fit[name][0], held[name][0], n_fit,
                          kept.get(name), bn_of.get(name), options) for name, module in layers.items()]
         bar = None
@@ -304,7 +301,7 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
         handles = [job.module.register_forward_pre_hook(make_hook(job)) for job in jobs]
         try:
             with torch.no_grad():
-                after_logits = _first_output(restored(inputs))[n_fit:]
+                after_logits = _forward(restored, inputs)[n_fit:]
         finally:
             for h in handles:
                 h.remove()
@@ -319,8 +316,8 @@ def refit_consumers(original: nn.Module, restored: nn.Module, fit_inputs: torch.
     report.layers = [job.result for job in order if job.result is not None]
     if before_logits is not None and len(after_logits):
         ref = reference[n_fit:]
-        report.output_kl_before = _kl(ref, before_logits)
-        report.output_kl_after = _kl(ref, after_logits)
+        report.output_kl_before = _score_logits(ref, before_logits, "kl")
+        report.output_kl_after = _score_logits(ref, after_logits, "kl")
     report.seconds = {"refit": time.perf_counter() - started}
     return report
 
@@ -349,6 +346,20 @@ def distilled_inputs(original: nn.Module, options: dict, seed: int, example_inpu
     return fit, held
 
 
+def input_sets(original: nn.Module, options: dict, inputs, heldout, example_inputs, seed: int, progress: bool,
+               label: str = "inputs"):
+    """``(fit, held out, source)``: inputs distilled from ``original`` (``inputs=None``; source "distilled"), or the
+    caller's own, checked, with ``heldout`` (else their last quarter) held out (source "given")."""
+    if inputs is None:
+        if heldout is not None:
+            raise ValueError("heldout inputs need inputs: pass both, or neither to distil them")
+        return (*distilled_inputs(original, options, seed, example_inputs, progress), "distilled")
+    fit = check_inputs(inputs, label, input_shape_of(original, example_inputs, inputs))
+    if heldout is None:
+        return (*split_given(fit), "given")
+    return fit, check_inputs(heldout, f"heldout {label}", tuple(fit.shape[1:])), "given"
+
+
 def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None = None, *,
           heldout: torch.Tensor | None = None, seed: int = 0, progress: bool = True, example_inputs=None,
           **options):
@@ -364,20 +375,10 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
     """
     options = check_refit_options(options)
     _check_pair(original, restored)
-    shape = input_shape_of(original, example_inputs, inputs)
-    started = time.perf_counter()
     if inputs is None:
-        if heldout is not None:
-            raise ValueError("heldout inputs need inputs: pass both, or neither to distil them")
-        fit, held = distilled_inputs(original, options, seed, example_inputs, progress)
-        source = "distilled"
-    else:
-        fit = check_inputs(inputs, "inputs", shape)
-        if heldout is None:
-            fit, held = split_given(fit)
-        else:
-            held = check_inputs(heldout, "heldout inputs", tuple(fit.shape[1:]))
-        source = "given"
+        input_shape_of(original, example_inputs, inputs)  # a network whose input shape is unknown fails here
+    started = time.perf_counter()
+    fit, held, source = input_sets(original, options, inputs, heldout, example_inputs, seed, progress)
     distill_seconds = time.perf_counter() - started
     spec = spec_of(restored)
     kept = dict(spec.get("units", {})) if isinstance(spec, dict) else {}

@@ -14,9 +14,8 @@ from .energy import channel_energy
 from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, kept_count, select_kept
 from .surgery import UnitPlan, apply_plans, selection_matrix
 from .discovery import discover
-from .example_inputs import check_inputs, example_inputs_of, input_shape_of
-from .refit import (RefitReport, check_refit_options, distilled_inputs, refit_consumers, refit_record,
-                    split_given)
+from .example_inputs import example_inputs_of
+from .refit import RefitReport, check_refit_options, input_sets, refit_consumers, refit_options, refit_record
 from .prunable import prunable_units
 from .spec import SPEC_FORMAT, attach_spec
 from .units import unit_tensors
@@ -157,37 +156,24 @@ def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
     return plans, unit_reports, pruned_coefs
 
 
-def _selection_inputs(model, refit, refit_inputs, example_inputs, progress, seed):
-    """The inputs an input-aware criterion measures on: the refit's inputs (the caller's, or the fit set the
-    refit distils with its options, cached, so that both stages see the same inputs)."""
-    if refit_inputs is not None:
-        return check_inputs(refit_inputs, "refit_inputs", input_shape_of(model, example_inputs, refit_inputs))
-    options = check_refit_options(refit if isinstance(refit, dict) else {})
-    return distilled_inputs(model, options, seed, example_inputs, progress)[0]
+def _selection_inputs(model, options, refit_inputs, example_inputs, progress, seed):
+    """The inputs an input-aware criterion measures on: the refit's fit inputs (the caller's, or the set the refit
+    distils with its options, cached, so that both stages see the same inputs)."""
+    return input_sets(model, options or check_refit_options({}), refit_inputs, None, example_inputs, seed,
+                      progress, "refit_inputs")[0]
 
 
-def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, refit, refit_inputs, example_inputs,
-                 progress: bool, seed: int):
+def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, options: dict | None, refit_inputs,
+                 example_inputs, progress: bool, seed: int):
     """Stage 4, network-level refinement: sees the original and the pruned network together and visits the
-    layers in execution order (``lbyl_pl.refit``). Works in place on ``restored`` (a fresh network). Returns
-    the ``RefitReport``, or ``None`` when no refinement was asked for."""
-    if refit is False or refit is None:
+    layers in execution order (``lbyl_pl.refit``). Works in place on ``restored`` (a fresh network). ``options``:
+    the checked refit options (``lbyl_pl.refit.refit_options``), ``None`` for no refinement. Returns the
+    ``RefitReport``, or ``None``."""
+    if options is None:
         return None
-    if refit is True:
-        options = check_refit_options({})
-    elif isinstance(refit, dict):
-        options = check_refit_options(refit)
-    else:
-        raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
     started = time.perf_counter()
-    if refit_inputs is None:
-        fit, held = distilled_inputs(model, options, seed, example_inputs, progress)
-        source = "distilled"
-    else:
-        shape = input_shape_of(model, example_inputs, refit_inputs)
-        fit = check_inputs(refit_inputs, "refit_inputs", shape)
-        fit, held = split_given(fit)
-        source = "given"
+    fit, held, source = input_sets(model, options, refit_inputs, None, example_inputs, seed, progress,
+                                   "refit_inputs")
     distill_seconds = time.perf_counter() - started
     report = refit_consumers(model, restored, fit, held, kept_sets, options, progress=progress, seed=seed)
     report.inputs = source
@@ -232,11 +218,8 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     check_ratio(ratio)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if refit is not False and refit is not None:  # bad options fail before any work
-        if not (refit is True or isinstance(refit, dict)):
-            raise ValueError(f"refit must be True, False or a dict of refit options, got {refit!r}")
-        check_refit_options({} if refit is True else refit)
-    elif refit_inputs is not None and not getattr(CRITERIA.get(criterion), "needs_inputs", False):
+    options = refit_options(refit)  # bad options fail before any work
+    if options is None and refit_inputs is not None and not getattr(CRITERIA.get(criterion), "needs_inputs", False):
         raise ValueError("refit_inputs needs refit=True (or a dict of refit options) or a criterion that reads "
                          "inputs (output-energy)")
     restorer = restorer.bind(model)
@@ -269,7 +252,7 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
 
     energy = None
     if getattr(CRITERIA[criterion], "needs_inputs", False):  # an input-aware criterion: measure on inputs
-        energy = channel_energy(model, units, _selection_inputs(model, refit, refit_inputs, example_inputs,
+        energy = channel_energy(model, units, _selection_inputs(model, options, refit_inputs, example_inputs,
                                                                 progress, seed))
         lap("energy")
     with torch.no_grad():
@@ -279,7 +262,7 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         lap("solve")
         restored = apply_plans(model, plans)
         lap("surgery")
-    refit_report = refine_stage(model, restored, kept_sets, refit, refit_inputs, example_inputs, progress, seed)
+    refit_report = refine_stage(model, restored, kept_sets, options, refit_inputs, example_inputs, progress, seed)
     if refit_report is not None:
         lap("refit")
 
