@@ -53,6 +53,12 @@ def load_net(name: str):
     return load_weights(build_model(name), find_checkpoint(files[name])).eval()
 
 
+def sample(dataset, order):
+    """The first 128 images of ``dataset`` in ``order``: the real inputs of the data-using reference."""
+    import torch
+    return torch.stack([dataset[int(i)][0] for i in order[:128]])
+
+
 def eval_set(name: str, split: str):
     """(evaluation dataset, 128 real training images for the data-using reference)."""
     import torch
@@ -61,27 +67,27 @@ def eval_set(name: str, split: str):
         test = load_fashion_mnist(train=False)
         train = load_fashion_mnist(train=True)
         g = torch.Generator().manual_seed(0)
-        real = torch.stack([train[int(i)][0] for i in torch.randperm(len(train), generator=g)[:128]])
+        real = sample(train, torch.randperm(len(train), generator=g))
         return test, real
     mean, std = NORMALIZATION["cifar10"]
     g = torch.Generator().manual_seed(0)
     if name == "resnet56":
         test = ArrayImageDataset(*load_cifar10_npz(None, "lossless_test"), mean, std)
         train = ArrayImageDataset(*load_cifar10_npz(None, "lossless_train"), mean, std)
-        real = torch.stack([train[int(i)][0] for i in torch.randperm(len(train), generator=g)[:128]])
+        real = sample(train, torch.randperm(len(train), generator=g))
         return test, real
     images, labels = load_cifar10_npz(None, "train")
     train = ArrayImageDataset(images, labels, mean, std)
     if name in ("mixnet", "stridenet"):
         from train_small_cnn import holdout_split
         kept, held = holdout_split(len(train), 5000)
-        real = torch.stack([train[int(i)][0] for i in kept[torch.randperm(len(kept), generator=g)[:128]]])
+        real = sample(train, kept[torch.randperm(len(kept), generator=g)])
         if split == "holdout":
             return ArrayImageDataset(images[held.numpy()], labels[held.numpy()], mean, std), real
     else:
         if split == "holdout":
             raise SystemExit(f"--split holdout is only for our own networks (mixnet, stridenet), not {name}")
-        real = torch.stack([train[int(i)][0] for i in torch.randperm(len(train), generator=g)[:128]])
+        real = sample(train, torch.randperm(len(train), generator=g))
     return ArrayImageDataset(*load_cifar10_npz(None, "test"), mean, std), real
 
 

@@ -116,11 +116,15 @@ class _Rows:
 
     @property
     def A(self) -> torch.Tensor:
-        return torch.cat(self.parts) if self.parts else torch.zeros(0, self.d, dtype=torch.float64)
+        if len(self.parts) != 1:  # joined once, after the last add (solve, error and scale read it per alpha)
+            self.parts = [torch.cat(self.parts) if self.parts else torch.zeros(0, self.d, dtype=torch.float64)]
+        return self.parts[0]
 
     @property
     def Y(self) -> torch.Tensor:
-        return torch.cat(self.targets)
+        if len(self.targets) != 1:
+            self.targets = [torch.cat(self.targets)]
+        return self.targets[0]
 
     def scale(self) -> float:
         """mean(diag(AᵀA)) without forming it."""
