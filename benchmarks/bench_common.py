@@ -158,3 +158,23 @@ def load_or_random(arch: str, checkpoint=None, seed: int = 0, *, num_classes: in
     randomize_bn(model)
     return model.eval(), f"RANDOM weights (seed {seed}, randomised BN running stats{missing})", \
         {"kind": "random", "seed": seed}
+
+
+def latency_ms(model, input_shape, batch: int, repeats: int = 5) -> float:
+    """Median wall time (ms) of one forward pass of ``batch`` inputs of ``input_shape`` (without the batch
+    dimension), in eval mode without autograd, after one warm-up pass."""
+    import statistics
+
+    import torch
+
+    param = next(model.parameters())
+    x = torch.randn(batch, *input_shape, dtype=param.dtype, device=param.device)
+    model.eval()
+    times = []
+    with torch.inference_mode():
+        model(x)
+        for _ in range(repeats):
+            started = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - started) * 1000.0)
+    return statistics.median(times)

@@ -1,7 +1,7 @@
 """``check_units``: verify, unit by unit, that discovery's units can really be cut out of a network.
 
-For every unit a random half of its channels (seeded) is removed with plain pruning, on that unit
-alone, and the physically smaller network is compared with the original network whose consumers
+For every unit (and coupled group, with ``units="all"``) a random half of its channels (seeded; in a group read by
+grouped convs, half of every block) is removed with plain pruning, on that unit alone, and the physically smaller network is compared with the original network whose consumers
 read zeros from those channels (their input columns set to 0, through the traced index mapping).
 The two must be the same function: anything else means the unit's channels are read somewhere
 discovery did not see, and restoring it would give a silently wrong network. The check needs no
@@ -17,7 +17,8 @@ from torch import nn
 
 from .example_inputs import example_inputs_of
 from .prunable import prunable_units
-from .surgery import UnitPlan, apply_plans, selection_matrix
+from .surgery import GroupPlan, UnitPlan, apply_plans, selection_matrix
+from .units import CoupledGroup
 
 __all__ = ["UnitCheck", "check_units"]
 
@@ -43,6 +44,38 @@ def _outputs(model: nn.Module, x) -> list[torch.Tensor]:
     return [t for t in out if isinstance(t, torch.Tensor)]
 
 
+def _half_per_block(group: CoupledGroup, generator) -> list[int]:
+    cells = group.cells or (0,) * group.n_channels
+    kept = []
+    for cell in sorted(set(cells)):
+        members = [i for i, c in enumerate(cells) if c == cell]
+        order = torch.randperm(len(members), generator=generator)[: len(members) - len(members) // 2]
+        kept += [members[i] for i in order.tolist()]
+    return sorted(kept)
+
+
+def read_columns(unit, dropped: list[int]):
+    """``(reader name, its input positions that carry the dropped channels)`` for every reader of the channels."""
+    if isinstance(unit, CoupledGroup):
+        return [(m.name, [i for c in dropped for i in m.positions[c]]) for m in unit.members if m.role == "in"]
+    return [(consumer, [c * r + j for c in dropped for j in range(r)])
+            for consumer, r in zip(unit.consumer_names, unit.features_per_channel)]
+
+
+def zero_inputs(module: nn.Module, columns: list[int]) -> None:
+    """Zero the weights through which ``module`` reads input channels (or features) ``columns``; a grouped conv
+    reads input ``i`` in group ``i // per_group`` at local column ``i % per_group``."""
+    weight = module.weight
+    groups = getattr(module, "groups", 1)
+    if groups == 1:
+        weight[:, columns] = 0.0
+        return
+    per_group, rows = weight.shape[1], weight.shape[0] // groups
+    for i in columns:
+        g = i // per_group
+        weight[g * rows:(g + 1) * rows, i % per_group] = 0.0
+
+
 def check_units(model: nn.Module, example_inputs=None, *, units=None, rtol: float = 1e-4, seed: int = 0,
                 strict: bool = False) -> list[UnitCheck]:
     """Check every unit of ``model`` (or those named in ``units``) on ``example_inputs``.
@@ -62,15 +95,19 @@ def check_units(model: nn.Module, example_inputs=None, *, units=None, rtol: floa
             if n < 2:
                 checks.append(UnitCheck(unit.name, True, 0.0, "one channel: nothing to remove"))
                 continue
-            kept = sorted(torch.randperm(n, generator=generator)[: n - n // 2].tolist())
+            if isinstance(unit, CoupledGroup):
+                kept = _half_per_block(unit, generator)
+                plan = GroupPlan(unit, kept)
+            else:
+                kept = sorted(torch.randperm(n, generator=generator)[: n - n // 2].tolist())
+                plan = UnitPlan(unit, kept, selection_matrix(n, kept))
             dropped = sorted(set(range(n)) - set(kept))
             zeroed = copy.deepcopy(model)
             with torch.no_grad():
-                for consumer, r in zip(unit.consumer_names, unit.features_per_channel):
-                    columns = [c * r + j for c in dropped for j in range(r)]
-                    zeroed.get_submodule(consumer).weight[:, columns] = 0.0
+                for consumer, columns in read_columns(unit, dropped):
+                    zero_inputs(zeroed.get_submodule(consumer), columns)
                 try:
-                    pruned = apply_plans(model, [UnitPlan(unit, kept, selection_matrix(n, kept))])
+                    pruned = apply_plans(model, [plan])
                     got, expected = _outputs(pruned, x), _outputs(zeroed, x)
                 except RuntimeError as err:  # e.g. a shape mismatch where the channels were also read
                     checks.append(UnitCheck(unit.name, False, float("inf"), f"{type(err).__name__}: {str(err)[:120]}"))

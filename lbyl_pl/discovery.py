@@ -11,15 +11,16 @@ must change with the root's output channels. A group is an LBYL/NM unit when it 
 - one or more consumers: ``Conv2d`` with ``groups == 1`` or ``Linear`` (after a flatten a Linear reads
   each channel through several consecutive features; the mapping is checked on the traced graph).
 
-Everything else is skipped with a reason (``Discovery.skipped``): channels coupled with another
-producer across a residual add or a product, concatenations and splits, channels that reach the
-network output, grouped convs, other normalisations, modules called more than once. The units hold
+A group that is not a unit but can still be pruned as a whole (channels coupled with other producers across a
+residual add or a product, concatenated with other tensors, read or written by a grouped conv) is a *coupled
+group* (``Discovery.groups``, built by ``lbyl_pl.coupled``): plain pruning and the refit take them with
+``units="all"``. Everything else is skipped with a reason (``Discovery.skipped``): splits, channels that reach the
+network output, other normalisations, ops that mix channels, modules called more than once. The units hold
 module references of ``model``; their ``name`` is the producer's module path. Discovery never
 modifies ``model`` (Torch-Pruning switches it to eval mode while tracing; the mode is restored).
 """
 from __future__ import annotations
 
-import re
 import time
 import weakref
 from dataclasses import dataclass, field
@@ -29,56 +30,13 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from .example_inputs import _input_shape, example_inputs_of, input_rejection
-from .units import BN_TYPES, PrunableUnit
+from .coupled import coupled_group
+from .traced_ops import (ACTIVATIONS, BN_PLACEMENT, CONCAT, COUPLED, GROUPED, MAPPING, NEUTRAL_OPS,
+                         NOT_CHANNELWISE, OTHER_NORM, OTHER_NORMS, OUTPUT, REACHES_OUTPUT, RESHAPES, REUSED, SPLIT,
+                         UNSUPPORTED, SkippedGroup, idx_of, op_name)
+from .units import BN_TYPES, CoupledGroup, PrunableUnit
 
 __all__ = ["Discovery", "SkippedGroup", "discover", "discover_units", "example_inputs_of"]
-
-# Reasons a group is not a unit (the first word is the category used in the zoo table).
-COUPLED = "coupled"
-CONCAT = "concatenation"
-SPLIT = "split/slice"
-OUTPUT = "output layer"
-REACHES_OUTPUT = "reaches the output"
-GROUPED = "grouped conv"
-NOT_CHANNELWISE = "not channel-wise"
-OTHER_NORM = "other normalisation"
-BN_PLACEMENT = "BN placement"
-REUSED = "reused module"
-MAPPING = "channel mapping"
-UNSUPPORTED = "unsupported module"
-
-# autograd node names (trailing version digits dropped) of ops that act on each channel separately.
-ACTIVATIONS = {
-    "ReluBackward": "ReLU", "HardtanhBackward": "ReLU6/Hardtanh", "SiluBackward": "SiLU",
-    "HardswishBackward": "Hardswish", "GeluBackward": "GELU", "LeakyReluBackward": "LeakyReLU",
-    "EluBackward": "ELU", "SigmoidBackward": "Sigmoid", "TanhBackward": "Tanh",
-    "HardsigmoidBackward": "Hardsigmoid", "MishBackward": "Mish", "SoftplusBackward": "Softplus",
-}
-# Pooling and shape-neutral ops: a channel's values stay that channel's (positively homogeneous).
-NEUTRAL_OPS = {
-    "MaxPool2DWithIndicesBackward", "MaxPool1DWithIndicesBackward", "AvgPool2DBackward",
-    "AvgPool1DBackward", "AdaptiveAvgPool2DBackward", "AdaptiveMaxPool2DBackward",
-    "AdaptiveAvgPool1DBackward", "MeanBackward", "CloneBackward", "NativeDropoutBackward",
-    "DropoutBackward", "ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "AliasBackward",
-    "ToCopyBackward", "FlattenBackward", "UpsampleNearest2DBackward", "UpsampleBilinear2DBackward",
-    "ConstantPadNdBackward", "ReflectionPad2DBackward", "ReplicationPad2DBackward",
-    "TBackward",  # a Linear consumer's own weight transpose (the consumer mapping check still applies)
-}
-RESHAPES = {"Flatten", "ViewBackward", "ReshapeAliasBackward", "UnsafeViewBackward", "FlattenBackward",
-            "AliasBackward", "TBackward"}
-OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.LocalResponseNorm)
-
-
-@dataclass(frozen=True)
-class SkippedGroup:
-    """A traced channel group that is not a unit: its root module, the reason's category and detail."""
-    name: str
-    reason: str
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.name}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
-
 
 @dataclass
 class Discovery:
@@ -92,6 +50,9 @@ class Discovery:
     # Conv2d / Linear / BatchNorm module names in the order the forward pass first calls them (which may differ
     # from their order of definition); network-level stages visit layers in this order
     execution_order: list = field(default_factory=list)
+    # channel groups that are not single-producer units but can be pruned (lbyl_pl.coupled): taken by
+    # prune_and_restore(units="all"), never by default
+    groups: list = field(default_factory=list)
 
     def skipped_by_reason(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -107,6 +68,11 @@ class Discovery:
             extra = f" via {', '.join(unit.passthrough_names)}" if unit.passthrough else ""
             acts = f"  [{', '.join(unit.activations)}]" if unit.activations else ""
             lines.append(f"  unit {unit.name} ({unit.n_channels} ch){extra} -> {consumers}{acts}")
+        for group in self.groups:
+            producers = ", ".join(group.member_names("out"))
+            readers = group.member_names("in")
+            lines.append(f"  group {group.name} ({group.n_channels} ch, {group.kind}): {producers} -> "
+                         f"{', '.join(readers[:4])}{' ...' if len(readers) > 4 else ''}")
         for group in self.skipped:
             lines.append(f"  skip {group}")
         return "\n".join(lines)
@@ -122,14 +88,6 @@ def _signature(model: nn.Module, example_inputs) -> tuple:
 _CACHE: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
 
 
-def _op_name(grad_fn) -> str:
-    return re.sub(r"\d+$", "", type(grad_fn).__name__) if grad_fn is not None else "?"
-
-
-def _idx(i) -> int:
-    return int(getattr(i, "idx", i))  # Torch-Pruning may wrap indices in _HybridIndex
-
-
 def discover(model: nn.Module, example_inputs=None, *, cache: bool = True) -> Discovery:
     """Trace ``model`` on ``example_inputs`` and classify every Conv2d/Linear channel group.
 
@@ -143,7 +101,7 @@ def discover(model: nn.Module, example_inputs=None, *, cache: bool = True) -> Di
     if cache and model in _CACHE and _CACHE[model][0] == key:
         return _CACHE[model][1]
     found = _discover(model, example_inputs)
-    if not found.units:
+    if not found.units and not found.groups:
         reasons = ", ".join(f"{n} {r}" for r, n in found.skipped_by_reason().items()) or "no Conv2d/Linear"
         raise ValueError(f"{type(model).__name__} has no prunable unit (groups skipped: {reasons}); "
                          "see lbyl_pl.discover(model, example_inputs).format() for each group's reason")
@@ -217,42 +175,55 @@ def _discover(model: nn.Module, example_inputs) -> Discovery:
     tp, graph, flops, calls, out_numel = _trace(model, example_inputs)
     names = {m: n for n, m in model.named_modules()}
     order = {m: i for i, m in enumerate(names)}
-    units, skipped, coupled_with = [], [], {}
+    units, groups, skipped, coupled_with = [], [], [], {}
+    member_of: dict[nn.Module, str] = {}  # a producer already taken into a coupled group -> that group's name
     # One group per candidate producer (every traced Conv2d/Linear), built with the producer as its
     # root: get_all_groups would fold e.g. an expansion conv into its depthwise conv's group.
     for module in names:
         if not isinstance(module, (nn.Conv2d, nn.Linear)) or module not in graph.module2node:
             continue
-        if module in coupled_with:  # already seen as a co-producer of a coupled group
+        if module in member_of:  # a co-producer of a coupled group found from another root
+            continue
+        depthwise = isinstance(module, nn.Conv2d) and module.groups == module.out_channels and module.groups > 1
+        if depthwise:  # carried by the unit or group of the conv that feeds it, never a root of its own
+            skipped.append(SkippedGroup(names[module], GROUPED, "depthwise"))
+            continue
+        result = None
+        if not (isinstance(module, nn.Conv2d) and module.groups != 1):
+            prune_out = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+            try:
+                group = graph.get_pruning_group(module, prune_out, list(range(module.weight.shape[0])))
+            except Exception as err:  # the tracer's own index mapping failed on this group
+                skipped.append(SkippedGroup(names[module], UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160]))
+                continue
+            result = _classify(tp, graph, group, names, order, calls)
+            if isinstance(result, PrunableUnit):
+                units.append(result)
+                continue
+        if module in coupled_with:  # a co-producer of a group that could not be pruned
             skipped.append(SkippedGroup(names[module], COUPLED, coupled_with[module]))
             continue
-        if isinstance(module, nn.Conv2d) and module.groups != 1:
-            skipped.append(SkippedGroup(names[module], GROUPED, "depthwise" if module.groups == module.out_channels
-                                        else f"groups={module.groups}"))
+        # not a unit: a coupled group (residual stream, concatenation, grouped conv), or skipped with the reason
+        found = coupled_group(tp, graph, module, names, calls)
+        if isinstance(found, CoupledGroup):
+            groups.append(found)
+            for member in found.producers:
+                member_of[member.module] = found.name
             continue
-        prune_out = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
-        try:
-            group = graph.get_pruning_group(module, prune_out, list(range(module.weight.shape[0])))
-        except Exception as err:  # the tracer's own index mapping failed on this group
-            skipped.append(SkippedGroup(names[module], UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160]))
-            continue
-        result = _classify(tp, graph, group, names, order, calls)
-        if isinstance(result, PrunableUnit):
-            units.append(result)
-        else:
-            skipped.append(result)
-            if result.reason == COUPLED:
-                for item in group:
-                    other = item.dep.target.module
-                    if other is not module and isinstance(other, (nn.Conv2d, nn.Linear)) and \
-                            graph.is_out_channel_pruning_fn(item.dep.handler):
-                        coupled_with[other] = f"with {names[module]} ..."
-    # depthwise convs carried by a unit are part of it, not skipped groups of their own
-    carried = {id(m) for u in units for m in u.passthrough}
+        skipped.append(found)  # why the channels cannot be pruned even as a group
+        for item in graph.get_pruning_group(module, tp.prune_conv_out_channels if isinstance(module, nn.Conv2d)
+                                            else tp.prune_linear_out_channels, [0]):
+            other = item.dep.target.module
+            if other is not module and isinstance(other, (nn.Conv2d, nn.Linear)) and \
+                    graph.is_out_channel_pruning_fn(item.dep.handler):
+                coupled_with[other] = f"with {names[module]} ..."
+    # depthwise convs carried by a unit or a group are part of it, not skipped groups of their own
+    carried = {id(m) for u in units for m in u.passthrough} | \
+        {id(m.module) for g in groups for m in g.members if m.role == "depthwise"}
     skipped = [g for g in skipped if not (g.reason == GROUPED and id(model.get_submodule(g.name)) in carried)]
     numel = {names[m]: v for m, v in out_numel.items() if isinstance(m, (nn.Conv2d, nn.Linear)) and m in names}
     return Discovery(units, skipped, _input_shape(example_inputs), flops, numel,
-                     time.perf_counter() - started, [names[m] for m in calls if m in names])
+                     time.perf_counter() - started, [names[m] for m in calls if m in names], groups)
 
 
 def _classify(tp, graph, group, names, order, calls):
@@ -294,7 +265,7 @@ def _classify(tp, graph, group, names, order, calls):
             else:
                 consumers.append((module, item.idxs))
         elif isinstance(module, tp.ops._ElementWiseOp):
-            op_names.append(_op_name(node.grad_fn))
+            op_names.append(op_name(node.grad_fn))
         elif isinstance(module, tp.ops._ReshapeOp):
             op_names.append("Flatten")
         elif isinstance(module, OTHER_NORMS):
@@ -354,7 +325,7 @@ def _classify(tp, graph, group, names, order, calls):
         probe = sorted({1, n - 1})  # two channels, or channel 1 alone when n = 2 (0 then follows)
         prune_out = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
         probe_group = graph.get_pruning_group(root, prune_out, probe)
-        got = {item.dep.target.module: sorted(_idx(i) for i in item.idxs) for item in probe_group
+        got = {item.dep.target.module: sorted(idx_of(i) for i in item.idxs) for item in probe_group
                if graph.is_in_channel_pruning_fn(item.dep.handler)}
         for (module, _), r in zip(consumers, features):
             expected = [c * r + j for c in probe for j in range(r)]

@@ -11,10 +11,13 @@ from dataclasses import replace
 
 from torch import nn
 
-from .discovery import discover_units
-from .units import PrunableUnit, module_names
+from .discovery import discover
+from .units import CoupledGroup, PrunableUnit, module_names
 
-__all__ = ["prunable_units"]
+__all__ = ["ALL_UNITS", "prunable_units"]
+
+# units="all": every unit and coupled group discovery finds, whatever a built-in architecture selects
+ALL_UNITS = "all"
 
 
 def _named(unit: PrunableUnit, names: dict[int, str], model: nn.Module) -> PrunableUnit:
@@ -26,24 +29,33 @@ def _named(unit: PrunableUnit, names: dict[int, str], model: nn.Module) -> Pruna
                    passthrough_names=tuple(names[id(m)] for m in unit.passthrough))
 
 
-def prunable_units(model: nn.Module, example_inputs=None, units=None) -> list[PrunableUnit]:
-    """The units ``prune_and_restore`` works on.
+def prunable_units(model: nn.Module, example_inputs=None, units=None) -> list[PrunableUnit | CoupledGroup]:
+    """The units (and coupled groups) ``prune_and_restore`` works on.
 
     A model with a ``prunable_units()`` method declares them; otherwise they are discovered on the
     traced graph (``example_inputs``, default zeros of ``model.example_input_size``), and a built-in
-    architecture's ``select_units`` keeps the paper's choice among them. ``units`` (producer module
-    names) restricts the result.
+    architecture's ``select_units`` keeps the paper's choice among them. ``units="all"`` takes every
+    unit and coupled group discovery finds (built-ins included); other names (producer module paths, of
+    units or groups) restrict the result.
     """
     names = module_names(model)
     declare = getattr(model, "prunable_units", None)
     if declare is not None:
         found = [_named(unit, names, model) for unit in declare()]
     else:
-        found = discover_units(model, example_inputs)
+        discovery = discover(model, example_inputs)
+        found = discovery.units
         select = getattr(model, "select_units", None)
-        if select is not None:
+        if select is not None and units != ALL_UNITS:
             found = select(found)
         found = [_named(unit, names, model) for unit in found]
+        if units is not None:  # groups only when asked for: every call without units= works as before
+            found = found + list(discovery.groups)
+    if units == ALL_UNITS:
+        return found
+    if not found and declare is None:
+        raise ValueError(f"{type(model).__name__} has no single-producer unit; its coupled groups "
+                         f"({', '.join(g.name for g in discovery.groups[:3])} ...) are pruned with units='all'")
     if units is not None:
         if isinstance(units, str):
             units = [units]

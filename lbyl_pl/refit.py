@@ -381,7 +381,7 @@ def refit(original: nn.Module, restored: nn.Module, inputs: torch.Tensor | None 
     fit, held, source = input_sets(original, options, inputs, heldout, example_inputs, seed, progress)
     distill_seconds = time.perf_counter() - started
     spec = spec_of(restored)
-    kept = dict(spec.get("units", {})) if isinstance(spec, dict) else {}
+    kept = {**spec.get("units", {}), **spec.get("group_layers", {})} if isinstance(spec, dict) else {}
     out = copy.deepcopy(restored)
     report = refit_consumers(original, out, fit, held, kept, options, progress=progress, seed=seed)
     report.inputs = source

@@ -9,16 +9,18 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .methods import make_method
+from .budget import Allocation, allocate, check_budget, check_budget_options
+from .methods import METHODS, make_method
 from .energy import channel_energy
-from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, kept_count, select_kept
-from .surgery import UnitPlan, apply_plans, selection_matrix
+from .selection import (CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, group_kept_count, kept_count,
+                        select_group_kept, select_kept)
+from .surgery import GroupPlan, UnitPlan, apply_plans, selection_matrix
 from .discovery import discover
 from .example_inputs import example_inputs_of
 from .refit import RefitReport, check_refit_options, input_sets, refit_consumers, refit_options, refit_record
 from .prunable import prunable_units
 from .spec import SPEC_FORMAT, attach_spec
-from .units import unit_tensors
+from .units import CoupledGroup, unit_tensors
 
 __all__ = ["prune_and_restore", "restore_from_spec", "RestorationReport", "SPEC_FORMAT",
            "count_params", "count_flops"]
@@ -54,6 +56,7 @@ class RestorationReport:
     # restoration), surgery, refit (distillation and refit, when asked for), count (params and FLOPs)
     seconds: dict = field(default_factory=dict)
     refit: RefitReport | None = None  # the network-level refit (prune_and_restore(refit=...)), else None
+    allocation: Allocation | None = None  # a budget's choice (prune_and_restore(flops=...)), else None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -71,6 +74,8 @@ class RestorationReport:
                      f"({self.params_after / max(self.params_before, 1):.3f}x);  "
                      f"FLOPs {self.flops_before:,} -> {self.flops_after:,} "
                      f"({self.flops_after / max(self.flops_before, 1):.3f}x)")
+        if self.allocation is not None:
+            lines.append(self.allocation.format())
         if self.refit is not None:
             lines.append(self.refit.format())
         return "\n".join(lines)
@@ -118,20 +123,25 @@ def pruned_flops(found, model: nn.Module, restored: nn.Module) -> int:
     return total
 
 
-def select_stage(units, tensors_of, criterion: str, ratio: float, kept: dict | None,
+def select_stage(units, tensors_of, criterion: str, ratio, kept: dict | None,
                  energy: dict | None = None) -> dict[str, list[int]]:
-    """Stage 1, selection: the kept output indices of every unit (``kept`` fixes some of them by unit name).
-    ``energy``: each unit's per-channel activation energy, for criteria that read inputs."""
+    """Stage 1, selection: the kept output indices of every unit and coupled group (``kept`` fixes some of them by
+    name). ``ratio``: one ratio, or one per name (a budget's allocation). ``energy``: each unit's per-channel
+    activation energy, for criteria that read inputs."""
     kept_sets = {}
     for unit in units:
         n = unit.n_channels
+        unit_ratio = ratio[unit.name] if isinstance(ratio, dict) else ratio
+        if isinstance(unit, CoupledGroup) and not (kept is not None and unit.name in kept):
+            kept_sets[unit.name] = select_group_kept(unit, criterion, group_kept_count(unit, unit_ratio))
+            continue
         if kept is not None and unit.name in kept:
             unit_kept = sorted(int(i) for i in kept[unit.name])
             if len(set(unit_kept)) != len(unit_kept) or not unit_kept or \
                     unit_kept[0] < 0 or unit_kept[-1] >= n:
                 raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
         else:
-            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, ratio, unit.count_rule), unit,
+            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, unit_ratio, unit.count_rule), unit,
                                     energy.get(unit.name) if energy is not None else None)
         kept_sets[unit.name] = unit_kept
     return kept_sets
@@ -145,6 +155,10 @@ def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
     for unit in (iterator if iterator is not None else units):
         unit_kept = kept_sets[unit.name]
         n = unit.n_channels
+        if isinstance(unit, CoupledGroup):  # sliced in every member; the refit compensates (docs/refit.md)
+            plans.append(GroupPlan(unit, unit_kept))
+            unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), 0.0, 0.0, 0.0))
+            continue
         restoration = restorer.restore_unit(unit, tensors_of(unit), unit_kept)
         S = restoration.delivery
         plans.append(UnitPlan(unit, unit_kept, S, restoration.producer))
@@ -161,6 +175,30 @@ def _selection_inputs(model, options, refit_inputs, example_inputs, progress, se
     distils with its options, cached, so that both stages see the same inputs)."""
     return input_sets(model, options or check_refit_options({}), refit_inputs, None, example_inputs, seed,
                       progress, "refit_inputs")[0]
+
+
+def group_layer_rows(units, kept_sets: dict) -> dict[str, list[int]]:
+    """The kept output rows of every producer of the coupled groups among ``units`` (the refit fits a pruned
+    producer's kept outputs), by module name."""
+    rows = {}
+    for unit in units:
+        if isinstance(unit, CoupledGroup):
+            for member in unit.producers:
+                rows[member.name] = [i for c in kept_sets[unit.name] for i in member.positions[c]]
+    return rows
+
+
+def check_group_support(restorer, units) -> None:
+    """A method without a restoration for coupled groups refuses them, naming the first."""
+    groups = [u for u in units if isinstance(u, CoupledGroup)]
+    if groups and not restorer.supports_groups:
+        allowed = ", ".join(name for name, cls in METHODS.items() if cls.supports_groups)
+        g = groups[0]
+        raise ValueError(f"method {restorer.name!r} restores single-producer units only (its algebra assumes one "
+                         f"producer and one BN per channel); coupled group {g.name!r} ({g.kind}, "
+                         f"{len(g.producers)} producer(s)) and {len(groups) - 1} more were asked for. Methods that "
+                         f"prune groups: {allowed} (with refit=True, which refits every reader of a group); or leave "
+                         "units= at its default")
 
 
 def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, options: dict | None, refit_inputs,
@@ -183,7 +221,9 @@ def refine_stage(model: nn.Module, restored: nn.Module, kept_sets: dict, options
 
 def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
                       *, variant: str = "paper", kept: dict | None = None, progress: bool = False,
-                      example_inputs=None, units=None, refit=False, refit_inputs=None, seed: int = 0, **hparams):
+                      example_inputs=None, units=None, refit=False, refit_inputs=None, seed: int = 0,
+                      flops: float | None = None, params: float | None = None, budget: dict | None = None,
+                      **hparams):
     """Prune every prunable unit of ``model`` at ``ratio`` and restore it without data.
 
     Returns ``(restored, report)``. ``restored`` is a new, physically smaller module carrying its
@@ -195,6 +235,15 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     ``RestorationMethod`` object. ``variant="paper"`` reproduces the published tables; ``"exact"`` uses
     the exact BN algebra. ``kept`` optionally fixes the kept indices per unit name instead of running the
     criterion. ``ratio`` defaults to ``lbyl_pl.selection.DEFAULT_RATIO`` (0.5), as everywhere in the package.
+
+    A budget replaces the one ratio: ``flops=0.5`` keeps half of the original FLOPs (``params=`` likewise, both may
+    be given), with a ratio per unit chosen without data (``lbyl_pl.budget``: each unit's sensitivity measured on
+    distilled inputs, then the cheapest steps in output KL per FLOP saved; ``budget`` holds its options, see
+    ``BUDGET_DEFAULTS``). The report's ``allocation`` and the spec's ``budget`` record the choice.
+
+    ``units="all"`` also prunes the coupled groups discovery finds (residual streams, concatenations, grouped
+    convs; ``lbyl_pl.discover(...).groups``), on any network, built-ins included; methods that support them
+    (``prune``) slice them and ``refit=True`` compensates at their readers; the others raise, naming the group.
 
     Restoration runs where ``model`` is: a network on a GPU is restored there, and ``restored`` lives on the
     devices of ``model``'s parameters (selection, a ranking of a few scores, and Intra-Fusion's transport
@@ -215,13 +264,22 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     """
     restorer = make_method(method, variant, **hparams)
     check_criterion(criterion)
+    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
+    budgeted = flops is not None or params is not None
+    if budgeted and ratio != DEFAULT_RATIO:  # the default ratio is replaced by the budget's allocation
+        raise ValueError(f"give ratio= or a budget (flops=/params=), not both; got ratio={ratio!r} and "
+                         f"flops={flops!r}, params={params!r}")
+    if budget is not None and not budgeted:
+        raise ValueError("budget= options need flops= or params=")
+    budget_options = check_budget_options(budget) if budgeted else None
     check_ratio(ratio)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     options = refit_options(refit)  # bad options fail before any work
-    if options is None and refit_inputs is not None and not getattr(CRITERIA.get(criterion), "needs_inputs", False):
-        raise ValueError("refit_inputs needs refit=True (or a dict of refit options) or a criterion that reads "
-                         "inputs (output-energy)")
+    if options is None and refit_inputs is not None and not budgeted and \
+            not getattr(CRITERIA.get(criterion), "needs_inputs", False):
+        raise ValueError("refit_inputs needs refit=True (or a dict of refit options), a budget (flops=/params=, "
+                         "measured on them) or a criterion that reads inputs (output-energy)")
     restorer = restorer.bind(model)
     method, variant, hparams = restorer.name, restorer.variant, dict(restorer.hparams)
     clock = [time.perf_counter()]
@@ -237,6 +295,7 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         example_inputs = example_inputs_of(model, example_inputs)
         found = discover(model, example_inputs)
     units = prunable_units(model, example_inputs, units)
+    check_group_support(restorer, units)
     lap("trace")
     iterator = None
     if progress:
@@ -250,6 +309,16 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
             cached[id(unit)] = unit_tensors(unit)
         return cached[id(unit)]
 
+    allocation = None
+    if budgeted:
+        if found is None:
+            raise ValueError(f"a budget needs the traced graph; {type(model).__name__} declares its own units "
+                             "(prunable_units()), which the budget cannot cost")
+        inputs = _selection_inputs(model, options, refit_inputs, example_inputs, progress, seed)
+        allocation = allocate(model, found, units, criterion, inputs[:budget_options["inputs"]], flops=flops,
+                              params=params, options=budget_options, progress=progress)
+        ratio = allocation.ratios
+        lap("budget")
     energy = None
     if getattr(CRITERIA[criterion], "needs_inputs", False):  # an input-aware criterion: measure on inputs
         energy = channel_energy(model, units, _selection_inputs(model, options, refit_inputs, example_inputs,
@@ -262,7 +331,10 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         lap("solve")
         restored = apply_plans(model, plans)
         lap("surgery")
-    refit_report = refine_stage(model, restored, kept_sets, options, refit_inputs, example_inputs, progress, seed)
+    ratio_value = _overall_ratio(units, kept_sets) if budgeted else float(ratio)
+    layer_rows = group_layer_rows(units, kept_sets)
+    refit_report = refine_stage(model, restored, {**kept_sets, **layer_rows}, options, refit_inputs, example_inputs,
+                                progress, seed)
     if refit_report is not None:
         lap("refit")
 
@@ -271,17 +343,21 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         "arch": copy.deepcopy(getattr(model, "lbyl_arch", None)),
         # what discovery traced on: restore_from_spec re-traces a fresh model on inputs of this shape
         "example_input_shape": _plain_shape(found.input_shape) if found is not None else None,
-        "method": method, "criterion": criterion, "ratio": float(ratio), "variant": variant,
+        "method": method, "criterion": criterion, "ratio": ratio_value, "variant": variant,
         "hparams": hparams,
-        "units": {plan.unit.name: list(plan.kept) for plan in plans},
+        "units": {(plan.group if isinstance(plan, GroupPlan) else plan.unit).name: list(plan.kept) for plan in plans},
     }
+    if allocation is not None:
+        spec["budget"] = {**allocation.target, "ratios": dict(allocation.ratios)}
+    if layer_rows:  # the refit (lbyl_pl.refit) reads which rows each producer of a coupled group kept
+        spec["group_layers"] = layer_rows
     if refit_report is not None:
         spec["refit"] = refit_record(refit_report.options, refit_report.inputs)
     attach_spec(restored, spec)
     # one device for the report's statistics (a method may deliver on another one than the weights')
     all_coefs = torch.cat([c.to(pruned_coefs[0].device) for c in pruned_coefs]) if pruned_coefs else torch.zeros(0)
     report = RestorationReport(
-        method, criterion, float(ratio), variant, hparams, unit_reports,
+        method, criterion, ratio_value, variant, hparams, unit_reports,
         all_coefs.mean().item() if all_coefs.numel() else 0.0,
         all_coefs.max().item() if all_coefs.numel() else 0.0,
         all_coefs.min().item() if all_coefs.numel() else 0.0,
@@ -289,9 +365,17 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
         found.flops if found is not None else count_flops(model, example_inputs),
         pruned_flops(found, model, restored) if found is not None else count_flops(restored, example_inputs))
     report.refit = refit_report
+    report.allocation = allocation
     lap("count")
     report.seconds = seconds
     return restored, report
+
+
+def _overall_ratio(units, kept_sets: dict) -> float:
+    """With a budget (a ratio per unit), the fraction of all their channels pruned: the report's and spec's ratio."""
+    total = sum(u.n_channels for u in units)
+    kept = sum(len(kept_sets[u.name]) for u in units)
+    return 1.0 - kept / total if total else 0.0
 
 
 def _plain_shape(shape):
@@ -328,8 +412,9 @@ def restore_from_spec(model: nn.Module, spec: dict, example_inputs=None) -> nn.M
     if example_inputs is None and getattr(model, "example_input_size", None) is None:
         example_inputs = _inputs_from_shape(model, spec.get("example_input_shape"))
     if getattr(model, "prunable_units", None) is None:
-        # all discovered units, not only a built-in's selection: the spec says which were pruned
-        units = {u.name: u for u in discover(model, example_inputs).units}
+        # all discovered units and groups, not only a built-in's selection: the spec says which were pruned
+        found = discover(model, example_inputs)
+        units = {u.name: u for u in [*found.units, *found.groups]}
     else:
         units = {u.name: u for u in prunable_units(model)}
     unknown = sorted(set(spec["units"]) - set(units))
@@ -342,6 +427,9 @@ def restore_from_spec(model: nn.Module, spec: dict, example_inputs=None) -> nn.M
         kept = [int(i) for i in kept]
         if not kept or max(kept) >= unit.n_channels:
             raise ValueError(f"pruning spec keeps indices outside [0, {unit.n_channels}) in {name!r}")
+        if isinstance(unit, CoupledGroup):
+            plans.append(GroupPlan(unit, kept))
+            continue
         device = unit.layer.weight.device
         plans.append(UnitPlan(unit, kept, selection_matrix(unit.n_channels, kept, device=device)))
     return attach_spec(apply_plans(model, plans), copy.deepcopy(spec))

@@ -18,7 +18,8 @@ import torch
 
 from .units import all_finite, consumer_columns, folded_producer
 
-__all__ = ["CRITERIA", "DEFAULT_RATIO", "kept_count", "select_kept", "criterion_scores", "register_criterion"]
+__all__ = ["CRITERIA", "DEFAULT_RATIO", "kept_count", "group_kept_count", "select_kept", "select_group_kept",
+           "criterion_scores", "register_criterion"]
 
 # The pruning ratio when none is given: prune_and_restore, RestoreCallback (and retarget) and the configs'
 # restore.ratios / finetune.ratio all take it from here.
@@ -178,3 +179,51 @@ def select_kept(weight: torch.Tensor, criterion: str, n_keep: int, unit=None, en
     scores = criterion_scores(weight, criterion, unit, energy).cpu()  # IF-l1 scores where the unit's weights are
     order = torch.sort(-scores, stable=True).indices  # descending score, lower index first on ties
     return sorted(order[:n_keep].tolist())
+
+
+def group_kept_count(group, ratio: float) -> int:
+    """Channels a coupled group keeps at ``ratio``: ``kept_count``, rounded down to the same number in every block
+    of its grouped convs (at least one per block)."""
+    cells = group.n_cells
+    m = kept_count(group.n_channels, ratio, group.count_rule)
+    return max(1, m // cells) * cells
+
+
+def group_scores(group, criterion: str) -> torch.Tensor:
+    """A criterion's group form: each producer's rows scored, normalised by the mean magnitude of its scores (so
+    that every producer counts alike, whatever its fan-in), averaged over the producers (Torch-Pruning reduces
+    importance over a group the same way). Criteria that read more than the filters score single units only."""
+    check_criterion(criterion)
+    score = CRITERIA[criterion]
+    if score.needs_unit:
+        allowed = [name for name, c in CRITERIA.items() if not c.needs_unit]
+        raise ValueError(f"criterion {criterion!r} scores single-producer units only; coupled group {group.name!r} "
+                         f"({group.kind}) needs one of {', '.join(allowed)}")
+    total = torch.zeros(group.n_channels, dtype=torch.float64)
+    for member in group.producers:
+        rows = [p[0] for p in member.positions]
+        weight = member.module.weight.detach()[torch.as_tensor(rows, device=member.module.weight.device)]
+        if not all_finite(weight):
+            raise ValueError(f"{member.name} has NaN or Inf weights; cannot rank the channels of {group.name!r}")
+        values = score(weight.reshape(len(rows), -1), None).double().cpu()
+        total += values / values.abs().mean().clamp_min(1e-300)
+    return total / max(1, len(group.producers))
+
+
+def select_group_kept(group, criterion: str, n_keep: int) -> list[int]:
+    """Kept channels (ascending) of a coupled group: the best ``n_keep / blocks`` of every block by the group score
+    (ties towards the lower index)."""
+    cells = group.cells or (0,) * group.n_channels
+    blocks = group.n_cells
+    if not 1 <= n_keep <= group.n_channels or n_keep % blocks:
+        raise ValueError(f"group {group.name!r} keeps a multiple of {blocks} channel(s) in [1, {group.n_channels}] "
+                         f"(one count per block of its grouped convs), got {n_keep}")
+    scores = group_scores(group, criterion)
+    order = torch.sort(-scores, stable=True).indices.tolist()
+    per_block, taken = n_keep // blocks, {}
+    kept = []
+    for i in order:
+        if taken.get(cells[i], 0) < per_block:
+            taken[cells[i]] = taken.get(cells[i], 0) + 1
+            kept.append(i)
+    return sorted(kept)

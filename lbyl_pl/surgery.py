@@ -7,6 +7,11 @@ Modules are resized in place on a deep copy, so their classes and attributes are
 A module may be both a consumer and a pruned layer (ResNet bottleneck conv2): its input-side
 compensation and output-side slicing act on different axes and commute (§5.5).
 
+A coupled group (``GroupPlan``: a residual stream, a concatenation, grouped convs; ``lbyl_pl.coupled``) is only
+sliced: every member loses the pruned channels at the positions the tracer mapped them to (rows of its producers,
+BNs and depthwise convs, input columns of its readers, per group for a grouped conv). Positions are in the
+original network's coordinates, so a reader of a concatenation of several groups loses the union.
+
 The input model is never modified: surgery works on a deep copy.
 """
 from __future__ import annotations
@@ -18,12 +23,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from .units import BN_TYPES, PrunableUnit
+from .units import BN_TYPES, CoupledGroup, PrunableUnit
 
 if TYPE_CHECKING:
     from .methods.base import ProducerUpdate
 
-__all__ = ["UnitPlan", "apply_plans", "selection_matrix"]
+__all__ = ["GroupPlan", "UnitPlan", "apply_plans", "selection_matrix"]
 
 
 @dataclass
@@ -32,6 +37,12 @@ class UnitPlan:
     kept: list[int]
     delivery: torch.Tensor  # (n, m) float64
     producer: ProducerUpdate | None = None  # new kept producer rows / bias / BN (Intra-Fusion); None: sliced
+
+
+@dataclass
+class GroupPlan:
+    group: CoupledGroup
+    kept: list[int]  # kept channels of the group (ascending), the same in every member
 
 
 def selection_matrix(n: int, kept: list[int], device=None) -> torch.Tensor:
@@ -46,9 +57,9 @@ def _resize(module: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) 
     """Give ``module`` (a Conv2d or Linear of the copied network) new weights and matching sizes, in
     place, so that subclasses, hooks and every other attribute survive the surgery."""
     if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            # Only one-to-one depthwise convs are sliced (discovery checks it): one group per channel.
-            module.groups = weight.shape[0]
+        if module.groups != 1 and module.groups == module.in_channels == module.out_channels:
+            module.groups = weight.shape[0]  # a one-to-one depthwise conv: one group per channel
+        # any other grouped conv keeps its groups, with equal counts in each (discovery's cells)
         module.out_channels = weight.shape[0]
         module.in_channels = weight.shape[1] * module.groups
     elif isinstance(module, nn.Linear):
@@ -125,9 +136,54 @@ def _apply_input_delivery(weight: torch.Tensor, delivery: torch.Tensor, features
     return out.to(weight.dtype)
 
 
-def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
-    """Return a pruned deep copy of ``model`` (which is left untouched)."""
+def _drop_inputs(module: nn.Module, weight: torch.Tensor, pruned: set[int]) -> torch.Tensor:
+    """``weight`` without the input channels (or features) ``pruned``; in a grouped conv each group drops its own."""
+    groups = getattr(module, "groups", 1)
+    total = weight.shape[1] * groups
+    keep = [i for i in range(total) if i not in pruned]
+    if groups == 1:
+        return weight[:, torch.as_tensor(keep, dtype=torch.long, device=weight.device)]
+    size = total // groups
+    local = [[i - g * size for i in keep if g * size <= i < (g + 1) * size] for g in range(groups)]
+    if len({len(cols) for cols in local}) != 1:
+        raise ValueError(f"grouped conv keeps {[len(c) for c in local]} input channels per group; "
+                         "every group must keep the same number")
+    rows = weight.shape[0] // groups
+    columns = torch.as_tensor(local, dtype=torch.long, device=weight.device)  # (groups, kept per group)
+    index = columns.repeat_interleave(rows, dim=0)  # the columns each output row keeps
+    index = index.reshape(*index.shape, *([1] * (weight.dim() - 2))).expand(-1, -1, *weight.shape[2:])
+    return weight.gather(1, index)
+
+
+def _group_cuts(plans: list[GroupPlan]) -> tuple[dict, dict, dict]:
+    """For coupled groups: module name -> pruned output rows, pruned input positions, pruned BN channels."""
+    rows, inputs, bns = {}, {}, {}
+    for plan in plans:
+        group = plan.group
+        kept = set(int(i) for i in plan.kept)
+        if not kept or min(kept) < 0 or max(kept) >= group.n_channels or len(kept) != len(plan.kept):
+            raise ValueError(f"group {group.name!r}: kept indices must be distinct and in [0, {group.n_channels})")
+        if group.cells:
+            per_cell = {c: 0 for c in set(group.cells)}
+            for i in kept:
+                per_cell[group.cells[i]] += 1
+            if len(set(per_cell.values())) != 1:
+                raise ValueError(f"group {group.name!r} is read or written by a grouped conv: every group must keep "
+                                 f"the same number of channels, got {sorted(set(per_cell.values()))}")
+        dropped = [c for c in range(group.n_channels) if c not in kept]
+        for member in group.members:
+            target = bns if member.role == "bn" else inputs if member.role == "in" else rows
+            cut = target.setdefault(member.name, set())
+            cut.update(i for c in dropped for i in member.positions[c])
+    return rows, inputs, bns
+
+
+def apply_plans(model: nn.Module, plans: list) -> nn.Module:
+    """Return a pruned deep copy of ``model`` (which is left untouched). ``plans``: ``UnitPlan``s and
+    ``GroupPlan``s."""
     names = {id(m): n for n, m in model.named_modules()}
+    group_rows, group_inputs, group_bns = _group_cuts([p for p in plans if isinstance(p, GroupPlan)])
+    plans = [p for p in plans if not isinstance(p, GroupPlan)]
     out_kept: dict[str, torch.Tensor] = {}
     out_update: dict[str, ProducerUpdate] = {}
     in_delivery: dict[str, tuple[torch.Tensor, int, torch.Tensor]] = {}
@@ -159,7 +215,11 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
     # The weights and statistics of every resized module are replaced below, never written into:
     # the copy may start by sharing them with the original instead of copying them first.
     # A tensor also held by a module that is not resized (tied weights) is copied as usual.
-    resized = {id(model.get_submodule(n)) for n in set(out_kept) | set(in_delivery) | set(bn_kept)}
+    clash = (set(out_kept) & set(group_rows)) | (set(in_delivery) & set(group_inputs)) | (set(bn_kept) & set(group_bns))
+    if clash:
+        raise ValueError(f"modules {sorted(clash)[:3]} belong to a unit and a coupled group on the same axis")
+    resized = {id(model.get_submodule(n)) for n in
+               set(out_kept) | set(in_delivery) | set(bn_kept) | set(group_rows) | set(group_inputs) | set(group_bns)}
     holders: dict[int, list] = {}
     for module in model.modules():
         for t in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
@@ -167,7 +227,7 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
     memo = {key: pairs[0][1] for key, pairs in holders.items()
             if all(id(m) in resized for m, _ in pairs) and pairs[0][1].dim() > 0}
     pruned = copy.deepcopy(model, memo)
-    for name in sorted(set(out_kept) | set(in_delivery)):
+    for name in sorted(set(out_kept) | set(in_delivery) | set(group_rows) | set(group_inputs)):
         module = pruned.get_submodule(name)
         weight = module.weight.detach()
         bias = module.bias.detach() if module.bias is not None else None
@@ -184,11 +244,21 @@ def apply_plans(model: nn.Module, plans: list[UnitPlan]) -> nn.Module:
                 bias = update.bias.to(device=weight.device, dtype=weight.dtype)
             else:
                 bias = bias[kept] if bias is not None else None
+        if name in group_rows:
+            keep = torch.as_tensor([i for i in range(weight.shape[0]) if i not in group_rows[name]],
+                                   dtype=torch.long, device=weight.device)
+            weight = weight[keep]
+            bias = bias[keep] if bias is not None else None
         if name in in_delivery:
             weight = _apply_input_delivery(weight, *in_delivery[name])
+        if name in group_inputs:
+            weight = _drop_inputs(module, weight, group_inputs[name])
         _resize(module, weight, bias)
     for name, kept in bn_kept.items():
         _slice_bn(pruned.get_submodule(name), kept, bn_values.get(name))
+    for name, cut in group_bns.items():
+        bn = pruned.get_submodule(name)
+        _slice_bn(bn, torch.as_tensor([i for i in range(bn.num_features) if i not in cut], dtype=torch.long))
     return pruned
 
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-__all__ = ["BN_FLOOR", "PrunableUnit", "UnitTensors", "consumer_columns", "folded_producer", "module_names",
-           "select_producers", "unit_tensors"]
+__all__ = ["BN_FLOOR", "CoupledGroup", "GroupMember", "PrunableUnit", "UnitTensors", "consumer_columns",
+           "folded_producer", "module_names", "select_producers", "unit_tensors"]
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -70,6 +70,56 @@ class PrunableUnit:
     @property
     def modules(self) -> list[nn.Module]:
         return [self.layer, *self.consumers, *self.passthrough] + ([self.bn] if self.bn is not None else [])
+
+
+# The roles a module plays in a coupled group: its output rows are the channels ("out": a producer), its input
+# columns read them ("in": a consumer), a BatchNorm over them ("bn"), a depthwise conv whose input and output
+# channels are both the group's ("depthwise").
+MEMBER_ROLES = ("out", "in", "bn", "depthwise")
+
+
+@dataclass(frozen=True, eq=False)
+class GroupMember:
+    """One module of a coupled group and where the group's channels sit in it: ``positions[c]`` are the indices
+    along the member's axis (rows for "out"/"depthwise"/"bn", input channels or features for "in") that carry
+    channel ``c`` (an offset into a concatenation; ``r`` consecutive features of a Linear after a flatten)."""
+    module: nn.Module
+    name: str
+    role: str
+    positions: tuple[tuple[int, ...], ...]
+
+
+@dataclass(frozen=True, eq=False)
+class CoupledGroup:
+    """Channels that must be pruned together in several modules (``docs/discovery.md``): a residual stream (every
+    conv writing into it, each with its BN, and every layer reading it), channels concatenated with others
+    (each reader sees them at an offset), channels read or written by a grouped conv, or a single producer whose
+    BN or mapping the LBYL/NM algebra does not cover. Pruning keeps the same channels in every member.
+
+    ``cells[c]`` is the block of channel ``c`` under every grouped conv among the members: each block must keep
+    the same number of channels (a grouped conv keeps equal counts per group); empty means one block. ``name`` is
+    the root producer's module path, like a unit's."""
+    name: str
+    n_channels: int
+    members: tuple[GroupMember, ...]
+    kind: str = ""
+    cells: tuple[int, ...] = ()
+    count_rule: str = "floor"
+
+    @property
+    def producers(self) -> list[GroupMember]:
+        return [m for m in self.members if m.role == "out"]
+
+    @property
+    def modules(self) -> list[nn.Module]:
+        return [m.module for m in self.members]
+
+    @property
+    def n_cells(self) -> int:
+        return len(set(self.cells)) if self.cells else 1
+
+    def member_names(self, role: str) -> list[str]:
+        return [m.name for m in self.members if m.role == role]
 
 
 @dataclass

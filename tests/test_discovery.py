@@ -84,14 +84,19 @@ def test_discovery_classifies_every_kind_of_group():
     assert stem.consumers == (model.left, model.right) and stem.activations == ("ReLU", "ReLU6/Hardtanh")
     head = units["head_conv"]
     assert head.bn is None and head.consumers == (model.fc,) and head.features_per_channel == (16,)
+    groups = {g.name: g for g in found.groups}
+    assert set(groups) == {"left", "late"}
+    left = groups["left"]  # the residual add couples left and right: one group, both producers with their BNs
+    assert left.kind == "residual stream" and left.member_names("out") == ["left", "right"]
+    assert left.member_names("bn") == ["left_bn", "right_bn"] and left.member_names("in") == ["late", "head_conv"]
+    assert groups["late"].kind == "single producer"  # a BN that does not read the conv directly: not a unit
     reasons = {g.name: g.reason for g in found.skipped}
-    assert reasons["left"] == "coupled" and reasons["right"] == "coupled"
-    assert reasons["late"] == "BN placement"
-    assert reasons["cat_a"] == "concatenation" and reasons["cat_b"] == "concatenation"
-    assert reasons["out"] == "reaches the output"  # read by the final add, part of the output
+    # cat_a, cat_b and out are one group whose channels reach the network's output
+    assert reasons == {"cat_a": "reaches the output", "cat_b": "coupled", "out": "coupled"}
     assert "dw" not in reasons  # carried by the stem unit
     text = found.format()
-    assert "skip left: coupled" in text and "unit head_conv (4 ch) -> fc" in text
+    assert "group left (6 ch, residual stream): left, right -> late, head_conv" in text
+    assert "skip cat_b: coupled" in text and "unit head_conv (4 ch) -> fc" in text
 
 
 def test_check_units_passes_on_discovered_units_and_names_a_wrong_one():
@@ -164,9 +169,14 @@ def test_units_argument_restricts_and_rejects_unknown_names():
     restored, report = prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=x, units=["fc"])
     assert list(restored.lbyl_spec["units"]) == ["fc"] and [u.name for u in report.units] == ["fc"]
     assert restored.stem.weight.shape[0] == 8 and restored.fc.weight.shape[0] == 3
-    with pytest.raises(ValueError, match=r"units= names \['left'\] that are not prunable units of FlattenNet; "
-                                         r"allowed: stem, head_conv, fc"):
+    with pytest.raises(ValueError, match=r"units= names \['cat_b'\] that are not prunable units of FlattenNet; "
+                                         r"allowed: stem, head_conv, fc, left, late"):
+        prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=x, units=["cat_b"])
+    # a coupled group is named like a unit: "left" is the residual stream of left and right
+    with pytest.raises(ValueError, match=r"method 'lbyl' restores single-producer units only.*'left'"):
         prune_and_restore(model, "lbyl", "l2-norm", 0.5, example_inputs=x, units=["left"])
+    restored, _ = prune_and_restore(model, "prune", "l2-norm", 0.5, example_inputs=x, units=["left"])
+    assert restored.left.weight.shape[0] == restored.right.weight.shape[0] == 3
 
 
 def test_reported_flops_equal_counting_both_networks():

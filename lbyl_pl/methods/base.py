@@ -71,6 +71,9 @@ class RestorationMethod:
     config_table: ClassVar[str | None] = None
     table_hparams: ClassVar[tuple[str, ...]] = ()
     auto_grid: ClassVar[dict[str, tuple]] = {}  # what lbyl_pl.data_free searches without data
+    # whether the method prunes coupled groups (residual streams, concatenations, grouped convs; units="all"): its
+    # restoration of a group is then plain slicing, and the refit (refit=True) compensates at every reader
+    supports_groups: ClassVar[bool] = False
 
     def __init__(self, variant: str = "paper", **hparams):
         check_variant(variant)

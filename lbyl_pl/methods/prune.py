@@ -17,6 +17,7 @@ class Prune(RestorationMethod):
     name = "prune"
     title = "prune"
     summary = "drops the pruned channels; nothing is compensated"
+    supports_groups = True
 
     def restore_unit(self, unit, tensors, kept):
         return UnitRestoration(prune_delivery(tensors, kept))

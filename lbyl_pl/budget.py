@@ -1,0 +1,347 @@
+"""Budgets: per-unit pruning ratios that keep a given fraction of the original FLOPs (or parameters), without data.
+
+``prune_and_restore(model, ..., flops=0.5)`` asks for half the FLOPs instead of one ratio for every unit. The
+allocation is decided by measurement on inputs distilled from the network (no dataset is read):
+
+1. *Sensitivity*: every unit and coupled group is pruned alone at a few ratios (its criterion's kept set) and the
+   output KL against the original network is measured on distilled inputs. Pruning is simulated by zeroing the
+   weights through which the readers see the pruned channels, which is the same function as the smaller network
+   (``lbyl_pl.check_units`` verifies it for every unit and group), so no network is copied per measurement.
+2. *Allocation*: starting from nothing pruned, the unit whose next ratio step costs the least KL per FLOP saved
+   takes that step (KL interpolated between the measured ratios), until the budget is met; every unit is capped at
+   ``max_ratio``. The KL of units pruned together is taken as the sum of their KLs alone.
+
+FLOPs and parameters of an allocation follow from the kept counts alone (``CostModel``): a conv's cost scales with
+its kept outputs times its kept inputs per group, so the search costs no forward pass. The counts equal what
+``torch.utils.flop_counter`` measures on the pruned network (tested).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from .checks import read_columns, zero_inputs
+from .distill import _forward
+from .score import _score_logits
+from .selection import (check_criterion, group_kept_count, kept_count, select_group_kept, select_kept)
+from .units import BN_TYPES, CoupledGroup, unit_tensors
+
+__all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budget", "check_budget_options"]
+
+BUDGET_DEFAULTS = {
+    "inputs": 16,                    # distilled inputs the sensitivity is measured on (the refit's fit set, first ones)
+    "ratios": (0.25, 0.5, 0.75),     # ratios at which every unit is pruned alone and measured
+    "max_ratio": 0.9,                # no unit loses more than this fraction of its channels
+    "step": 0.05,                    # the allocation's ratio step per unit
+}
+
+
+def check_budget(value, label: str):
+    """A budget is the fraction of the original count to keep: a number in (0, 1], or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
+            not 0.0 < value <= 1.0:
+        raise ValueError(f"{label} must be the fraction of the original {label} to keep, a number in (0, 1]; "
+                         f"got {value!r}")
+    return float(value)
+
+
+def check_budget_options(options) -> dict:
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ValueError(f"budget options must be a dict (keys: {', '.join(BUDGET_DEFAULTS)}), got {options!r}")
+    unknown = sorted(set(options) - set(BUDGET_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown budget option(s) {unknown}; allowed: {', '.join(BUDGET_DEFAULTS)}")
+    merged = {**BUDGET_DEFAULTS, **options}
+    if isinstance(merged["inputs"], bool) or not isinstance(merged["inputs"], int) or merged["inputs"] < 1:
+        raise ValueError(f"budget option inputs must be a positive integer, got {merged['inputs']!r}")
+    ratios = merged["ratios"]
+    if not isinstance(ratios, (list, tuple)) or not ratios or \
+            any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0 for r in ratios):
+        raise ValueError(f"budget option ratios must be numbers in (0, 1), got {ratios!r}")
+    merged["ratios"] = tuple(sorted(float(r) for r in ratios))
+    for key in ("max_ratio", "step"):
+        v = merged[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+            raise ValueError(f"budget option {key} must be a number in (0, 1), got {v!r}")
+    return merged
+
+
+@dataclass
+class Allocation:
+    """What a budget chose: the ratio of every unit and group, the predicted counts, the measured sensitivities."""
+    target: dict                       # {"flops": 0.5} and/or {"params": ...}: fractions of the original to keep
+    ratios: dict = field(default_factory=dict)
+    predicted_flops: int = 0
+    predicted_params: int = 0
+    flops_before: int = 0
+    params_before: int = 0
+    sensitivity: dict = field(default_factory=dict)  # name -> [[ratio, output KL], ...] (pruned alone)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def format(self) -> str:
+        lines = [f"budget {self.target}: FLOPs {self.predicted_flops / max(self.flops_before, 1):.3f}x, params "
+                 f"{self.predicted_params / max(self.params_before, 1):.3f}x predicted ({self.seconds:.1f} s)"]
+        for name, ratio in self.ratios.items():
+            curve = " ".join(f"{r:.2f}:{kl:.3g}" for r, kl in self.sensitivity.get(name, []))
+            lines.append(f"  {name:<40} ratio {ratio:.3f}   KL alone {curve}")
+        return "\n".join(lines)
+
+
+def _kernel(weight_shape) -> int:
+    size = 1
+    for s in weight_shape[2:]:
+        size *= int(s)
+    return size
+
+
+class CostModel:
+    """FLOPs and parameters of the network when each unit or group loses some of its channels, from the kept
+    counts alone. ``found``: the discovery of ``model`` (its traced FLOPs and conv/linear output sizes)."""
+
+    def __init__(self, model: nn.Module, found, items):
+        self.flops_before = int(found.flops)
+        self.params_before = sum(p.numel() for p in model.parameters())
+        modules = dict(model.named_modules())
+        self.items = list(items)
+        self.touch: dict[str, list[tuple[str, str, int]]] = {}  # item -> (module name, axis, positions per channel)
+        for item in self.items:
+            touches = []
+            if isinstance(item, CoupledGroup):
+                for m in item.members:
+                    axis = {"out": "out", "depthwise": "out", "bn": "bn", "in": "in"}[m.role]
+                    touches.append((m.name, axis, len(m.positions[0])))
+            else:
+                touches.append((item.name, "out", 1))
+                if item.bn is not None:
+                    touches.append((_name(model, item.bn), "bn", 1))
+                for module, mname in zip(item.passthrough, item.passthrough_names):
+                    touches.append((mname, "bn" if isinstance(module, BN_TYPES) else "out", 1))
+                for mname, r in zip(item.consumer_names, item.features_per_channel):
+                    touches.append((mname, "in", r))
+            self.touch[item.name] = touches
+        self.modules = {name: modules[name] for t in self.touch.values() for name, _, _ in t}
+        self.out_numel = dict(found.module_out_numel)
+
+    def _module_cost(self, name: str, out_cut: int, in_cut: int) -> tuple[int, int]:
+        module = self.modules[name]
+        if isinstance(module, BN_TYPES):
+            n = module.num_features - out_cut
+            return 0, (2 * n if module.affine else 0)
+        weight = module.weight
+        groups = getattr(module, "groups", 1)
+        depthwise = groups > 1 and groups == weight.shape[0] and weight.shape[1] == 1
+        out = weight.shape[0] - out_cut
+        per_group_in = weight.shape[1] - (0 if depthwise else in_cut // groups)
+        fan_in = per_group_in * _kernel(weight.shape)
+        params = out * fan_in + (out if module.bias is not None else 0)
+        numel = self.out_numel.get(name, 0)
+        flops = 2 * (numel // weight.shape[0]) * out * fan_in if numel else 0
+        return flops, params
+
+    def delta(self, cuts: dict, item_name: str, count: int) -> tuple[int, int]:
+        """Change of ``(FLOPs, params)`` when item ``item_name`` loses ``count`` more channels, from the state
+        ``cuts`` (module name -> [output cut, input cut]; see ``cut``)."""
+        changes: dict[str, list[int]] = {}
+        for name, axis, r in self.touch[item_name]:
+            change = changes.setdefault(name, [0, 0])
+            change[1 if axis == "in" else 0] += count * r
+        dflops = dparams = 0
+        for name, (d_out, d_in) in changes.items():
+            out_cut, in_cut = cuts.get(name, (0, 0))
+            f0, p0 = self._module_cost(name, out_cut, in_cut)
+            f1, p1 = self._module_cost(name, out_cut + d_out, in_cut + d_in)
+            dflops += f1 - f0
+            dparams += p1 - p0
+        return dflops, dparams
+
+    def cut(self, cuts: dict, item_name: str, count: int) -> None:
+        """Record in ``cuts`` that item ``item_name`` loses ``count`` more channels."""
+        for name, axis, r in self.touch[item_name]:
+            cut = cuts.setdefault(name, [0, 0])
+            cut[1 if axis == "in" else 0] += count * r
+
+    def cost(self, pruned: dict[str, int]) -> tuple[int, int]:
+        """``(FLOPs, params)`` of the network with ``pruned[name]`` channels removed from each unit or group."""
+        cuts: dict = {}
+        for item_name, count in pruned.items():
+            self.cut(cuts, item_name, count)
+        flops, params = self.flops_before, self.params_before
+        for name, (out_cut, in_cut) in cuts.items():
+            f0, p0 = self._module_cost(name, 0, 0)
+            f1, p1 = self._module_cost(name, out_cut, in_cut)
+            flops += f1 - f0
+            params += p1 - p0
+        return flops, params
+
+
+def _name(model: nn.Module, module: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is module:
+            return name
+    raise ValueError("a unit refers to a module outside the model")  # pragma: no cover
+
+
+def pruned_count(item, ratio: float) -> int:
+    """Channels an item loses at ``ratio`` (the counting rule of its selection)."""
+    if ratio <= 0.0:
+        return 0
+    if isinstance(item, CoupledGroup):
+        return item.n_channels - group_kept_count(item, ratio)
+    return item.n_channels - kept_count(item.n_channels, ratio, item.count_rule)
+
+
+def kept_at(item, criterion: str, ratio: float) -> list[int]:
+    if isinstance(item, CoupledGroup):
+        return select_group_kept(item, criterion, group_kept_count(item, ratio))
+    return select_kept(unit_tensors(item).weight, criterion, kept_count(item.n_channels, ratio, item.count_rule),
+                       item)
+
+
+@torch.no_grad()
+def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, ratios, progress: bool = False):
+    """``name -> [(ratio, output KL)]``: each unit or group pruned alone (zeroed at its readers), measured against
+    the original network's outputs on ``inputs``. ``model`` is not modified (its reader weights are restored)."""
+    was = model.training
+    model.eval()
+    modules = dict(model.named_modules())
+    curves = {}
+    try:
+        reference = _forward(model, inputs)
+        jobs = [(item, r) for item in items for r in ratios]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(jobs), desc="sensitivity", unit="pass", leave=False)
+        for item in items:
+            curve = []
+            for ratio in ratios:
+                if pruned_count(item, ratio) == 0:
+                    curve.append((ratio, 0.0))
+                    continue
+                kept = set(kept_at(item, criterion, ratio))
+                dropped = [c for c in range(item.n_channels) if c not in kept]
+                saved = []
+                for reader, columns in read_columns(item, dropped):
+                    weight = modules[reader].weight
+                    saved.append((weight, weight.detach().clone()))
+                    zero_inputs(modules[reader], columns)
+                try:
+                    curve.append((ratio, _score_logits(reference, _forward(model, inputs), "kl")))
+                finally:
+                    for weight, value in saved:
+                        weight.copy_(value)
+                if bar is not None:
+                    bar.update(1)
+            curves[item.name] = curve
+        if bar is not None:
+            bar.close()
+    finally:
+        model.train(was)
+    return curves
+
+
+def _interpolate(curve, ratio: float) -> float:
+    """KL at ``ratio`` from the measured points (0 at ratio 0; beyond the last point, its last slope, never
+    decreasing)."""
+    points = [(0.0, 0.0)] + [(r, max(kl, 0.0)) for r, kl in curve]
+    for (r0, k0), (r1, k1) in zip(points, points[1:]):
+        if ratio <= r1:
+            return k0 + (k1 - k0) * (ratio - r0) / (r1 - r0)
+    (r0, k0), (r1, k1) = points[-2], points[-1]
+    slope = max((k1 - k0) / (r1 - r0), 0.0) if r1 > r0 else 0.0
+    return k1 + slope * (ratio - r1)
+
+
+def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tensor, *, flops: float | None = None,
+             params: float | None = None, options: dict | None = None, progress: bool = False) -> Allocation:
+    """Per-item ratios meeting ``flops`` and/or ``params`` (fractions of the original to keep) with the least
+    summed output KL (see the module docstring). Raises ``ValueError`` when no allocation reaches the budget."""
+    started = time.perf_counter()
+    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
+    if flops is None and params is None:
+        raise ValueError("a budget needs flops= or params= (fractions of the original to keep, in (0, 1])")
+    options = check_budget_options(options)
+    check_criterion(criterion)
+    costs = CostModel(model, found, items)
+    targets = {"flops": (flops, costs.flops_before), "params": (params, costs.params_before)}
+    targets = {k: v for k, v in targets.items() if v[0] is not None}
+    if "flops" in targets and costs.flops_before <= 0:
+        raise ValueError("flops= needs the network's FLOPs, but none were counted on the example inputs")
+
+    def deficit(cost) -> float:
+        """How far ``cost`` is above the budget, as fractions of the originals (0 when met)."""
+        values = {"flops": cost[0], "params": cost[1]}
+        return sum(max(0.0, values[k] / total - goal) for k, (goal, total) in targets.items())
+
+    step, cap = options["step"], options["max_ratio"]
+    levels = {}
+    for item in items:
+        # the ratios an item may take: multiples of step up to the cap, one per distinct pruned count (the smallest
+        # ratio giving it), stopping where a block would keep no channel
+        grid, counts = [0.0], [0]
+        k = 1
+        while k * step <= cap + 1e-9:
+            r = round(k * step, 10)
+            try:
+                count = pruned_count(item, r)
+            except ValueError:  # keeps no channel (a tiny layer)
+                break
+            if count > counts[-1]:
+                grid.append(r)
+                counts.append(count)
+            k += 1
+        levels[item.name] = grid
+    floor_cost = costs.cost({it.name: pruned_count(it, levels[it.name][-1]) for it in items})
+    if deficit(floor_cost) > 1e-12:
+        reachable = {"flops": floor_cost[0] / max(costs.flops_before, 1),
+                     "params": floor_cost[1] / max(costs.params_before, 1)}
+        asked = ", ".join(f"{k}={goal}" for k, (goal, _) in targets.items())
+        smallest = ", ".join(f"{k} {reachable[k]:.4f}" for k in targets)
+        raise ValueError(f"budget {asked} cannot be met: with every unit at max_ratio {cap} the smallest reachable "
+                         f"is {smallest} of the original; allowed: a budget at or above that, or a larger max_ratio "
+                         f"or units='all' (more units and groups)")
+
+    curves = sensitivity(model, items, inputs, criterion, options["ratios"], progress)
+    position = {it.name: 0 for it in items}
+    pruned = {it.name: 0 for it in items}
+    cuts: dict = {}
+    current = (costs.flops_before, costs.params_before)
+    by_name = {it.name: it for it in items}
+    while deficit(current) > 1e-12:
+        best, best_value, best_cost, best_count = None, math.inf, None, 0
+        for name, item in by_name.items():
+            grid = levels[name]
+            if position[name] + 1 >= len(grid):
+                continue
+            r0, r1 = grid[position[name]], grid[position[name] + 1]
+            count = pruned_count(item, r1) - pruned[name]
+            dflops, dparams = costs.delta(cuts, name, count)
+            cost = (current[0] + dflops, current[1] + dparams)
+            gain = deficit(current) - deficit(cost)
+            if gain <= 0:
+                continue
+            harm = max(_interpolate(curves[name], r1) - _interpolate(curves[name], r0), 1e-12)
+            if harm / gain < best_value:
+                best, best_value, best_cost, best_count = name, harm / gain, cost, count
+        if best is None:  # pragma: no cover - the floor check above guarantees progress
+            break
+        position[best] += 1
+        pruned[best] += best_count
+        costs.cut(cuts, best, best_count)
+        current = best_cost
+    return Allocation({k: goal for k, (goal, _) in targets.items()},
+                      {name: levels[name][position[name]] for name in by_name}, int(current[0]), int(current[1]),
+                      costs.flops_before, costs.params_before,
+                      {name: [[r, float(kl)] for r, kl in curve] for name, curve in curves.items()},
+                      time.perf_counter() - started)
