@@ -21,6 +21,7 @@ KL on held-out distilled inputs before and after the refit, the CPU latency at b
 from __future__ import annotations
 
 import argparse
+import math
 import csv
 import json
 import sys
@@ -46,13 +47,13 @@ def uniform_ratio(net, units, target: float) -> float | None:
     def kept(r):
         return costs.cost({u.name: pruned_count(u, r) for u in units})[0] / costs.flops_before
 
-    lo, hi = 0.0, 0.95
+    lo, hi = 0.0, 0.9
     if kept(hi) > target:
         return None
     for _ in range(30):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
-    return round(hi, 4)
+    return math.ceil(hi * 1e4) / 1e4  # rounded up: never above the target
 
 
 def main():

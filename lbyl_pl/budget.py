@@ -7,9 +7,14 @@ allocation is decided by measurement on inputs distilled from the network (no da
    output KL against the original network is measured on distilled inputs. Pruning is simulated by zeroing the
    weights through which the readers see the pruned channels, which is the same function as the smaller network
    (``lbyl_pl.check_units`` verifies it for every unit and group), so no network is copied per measurement.
-2. *Allocation*: starting from nothing pruned, the unit whose next ratio step costs the least KL per FLOP saved
-   takes that step (KL interpolated between the measured ratios), until the budget is met; every unit is capped at
-   ``max_ratio``. The KL of units pruned together is taken as the sum of their KLs alone.
+2. *Candidates*: starting from nothing pruned, the unit whose next ratio step costs the least KL per FLOP saved
+   takes that step (KL interpolated between the measured ratios), until the budget is met, once per cap on any
+   unit's ratio (``caps``; the KL of units pruned together is taken as the sum of their KLs alone, which holds for
+   small steps and fails for large ones, hence several caps); and the smallest uniform ratio that meets the budget,
+   over all units and groups and over the single-producer units alone.
+3. *Choice*: ``prune_and_restore`` runs every candidate through the whole pipeline (restoration, and the refit when
+   asked for) and keeps the one with the lowest output KL on held-out distilled inputs. On ResNet-56 the greedy
+   allocation alone lost to uniform ratios (``results/README.md``, "FLOP budgets"): the measurement decides.
 
 FLOPs and parameters of an allocation follow from the kept counts alone (``CostModel``): a conv's cost scales with
 its kept outputs times its kept inputs per group, so the search costs no forward pass. The counts equal what
@@ -35,7 +40,7 @@ __all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budg
 BUDGET_DEFAULTS = {
     "inputs": 16,                    # distilled inputs the sensitivity is measured on (the refit's fit set, first ones)
     "ratios": (0.25, 0.5, 0.75),     # ratios at which every unit is pruned alone and measured
-    "max_ratio": 0.9,                # no unit loses more than this fraction of its channels
+    "caps": (0.5, 0.7, 0.9),         # one greedy candidate per cap: no unit loses more than that fraction
     "step": 0.05,                    # the allocation's ratio step per unit
 }
 
@@ -67,10 +72,14 @@ def check_budget_options(options) -> dict:
             any(isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r < 1.0 for r in ratios):
         raise ValueError(f"budget option ratios must be numbers in (0, 1), got {ratios!r}")
     merged["ratios"] = tuple(sorted(float(r) for r in ratios))
-    for key in ("max_ratio", "step"):
-        v = merged[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
-            raise ValueError(f"budget option {key} must be a number in (0, 1), got {v!r}")
+    caps = merged["caps"]
+    if not isinstance(caps, (list, tuple)) or not caps or \
+            any(isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 < c < 1.0 for c in caps):
+        raise ValueError(f"budget option caps must be numbers in (0, 1), got {caps!r}")
+    merged["caps"] = tuple(sorted(float(c) for c in caps))
+    v = merged["step"]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
+        raise ValueError(f"budget option step must be a number in (0, 1), got {v!r}")
     return merged
 
 
@@ -85,13 +94,19 @@ class Allocation:
     params_before: int = 0
     sensitivity: dict = field(default_factory=dict)  # name -> [[ratio, output KL], ...] (pruned alone)
     seconds: float = 0.0
+    label: str = ""                    # which candidate: "greedy, cap 0.7", "uniform 0.35", ...
+    heldout_kl: float = float("nan")   # the whole pipeline's output KL on held-out distilled inputs
+    candidates: dict = field(default_factory=dict)  # every candidate's label -> its held-out KL (the chosen one's)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
     def format(self) -> str:
-        lines = [f"budget {self.target}: FLOPs {self.predicted_flops / max(self.flops_before, 1):.3f}x, params "
-                 f"{self.predicted_params / max(self.params_before, 1):.3f}x predicted ({self.seconds:.1f} s)"]
+        lines = [f"budget {self.target}: {self.label}, FLOPs {self.predicted_flops / max(self.flops_before, 1):.3f}x, "
+                 f"params {self.predicted_params / max(self.params_before, 1):.3f}x predicted ({self.seconds:.1f} s)"]
+        if self.candidates:
+            lines.append("  candidates (held-out output KL): " +
+                         ", ".join(f"{k} {v:.4g}" for k, v in self.candidates.items()))
         for name, ratio in self.ratios.items():
             curve = " ".join(f"{r:.2f}:{kl:.3g}" for r, kl in self.sensitivity.get(name, []))
             lines.append(f"  {name:<40} ratio {ratio:.3f}   KL alone {curve}")
@@ -264,9 +279,12 @@ def _interpolate(curve, ratio: float) -> float:
 
 
 def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tensor, *, flops: float | None = None,
-             params: float | None = None, options: dict | None = None, progress: bool = False) -> Allocation:
-    """Per-item ratios meeting ``flops`` and/or ``params`` (fractions of the original to keep) with the least
-    summed output KL (see the module docstring). Raises ``ValueError`` when no allocation reaches the budget."""
+             params: float | None = None, options: dict | None = None, progress: bool = False) -> list[Allocation]:
+    """Candidate allocations meeting ``flops`` and/or ``params`` (fractions of the original to keep): the greedy
+    one (least summed output KL, see the module docstring) under every cap of ``options['caps']``, and the
+    smallest uniform ratio over all items, and over the single-producer units alone, that meets the budget.
+    ``prune_and_restore`` measures each through the whole pipeline and keeps the best. Raises ``ValueError``
+    when no allocation reaches the budget."""
     started = time.perf_counter()
     flops, params = check_budget(flops, "flops"), check_budget(params, "params")
     if flops is None and params is None:
@@ -284,14 +302,14 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
         values = {"flops": cost[0], "params": cost[1]}
         return sum(max(0.0, values[k] / total - goal) for k, (goal, total) in targets.items())
 
-    step, cap = options["step"], options["max_ratio"]
+    step, caps = options["step"], options["caps"]
     levels = {}
     for item in items:
-        # the ratios an item may take: multiples of step up to the cap, one per distinct pruned count (the smallest
-        # ratio giving it), stopping where a block would keep no channel
+        # the ratios an item may take: multiples of step up to the largest cap, one per distinct pruned count (the
+        # smallest ratio giving it), stopping where a block would keep no channel
         grid, counts = [0.0], [0]
         k = 1
-        while k * step <= cap + 1e-9:
+        while k * step <= caps[-1] + 1e-9:
             r = round(k * step, 10)
             try:
                 count = pruned_count(item, r)
@@ -308,40 +326,71 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
                      "params": floor_cost[1] / max(costs.params_before, 1)}
         asked = ", ".join(f"{k}={goal}" for k, (goal, _) in targets.items())
         smallest = ", ".join(f"{k} {reachable[k]:.4f}" for k in targets)
-        raise ValueError(f"budget {asked} cannot be met: with every unit at max_ratio {cap} the smallest reachable "
-                         f"is {smallest} of the original; allowed: a budget at or above that, or a larger max_ratio "
-                         f"or units='all' (more units and groups)")
+        raise ValueError(f"budget {asked} cannot be met: with every unit at the largest cap {caps[-1]} the smallest "
+                         f"reachable is {smallest} of the original; allowed: a budget at or above that, a larger cap "
+                         f"(budget={{'caps': ...}}) or units='all' (more units and groups)")
 
     curves = sensitivity(model, items, inputs, criterion, options["ratios"], progress)
-    position = {it.name: 0 for it in items}
-    pruned = {it.name: 0 for it in items}
-    cuts: dict = {}
-    current = (costs.flops_before, costs.params_before)
     by_name = {it.name: it for it in items}
-    while deficit(current) > 1e-12:
-        best, best_value, best_cost, best_count = None, math.inf, None, 0
-        for name, item in by_name.items():
-            grid = levels[name]
-            if position[name] + 1 >= len(grid):
-                continue
-            r0, r1 = grid[position[name]], grid[position[name] + 1]
-            count = pruned_count(item, r1) - pruned[name]
-            dflops, dparams = costs.delta(cuts, name, count)
-            cost = (current[0] + dflops, current[1] + dparams)
-            gain = deficit(current) - deficit(cost)
-            if gain <= 0:
-                continue
-            harm = max(_interpolate(curves[name], r1) - _interpolate(curves[name], r0), 1e-12)
-            if harm / gain < best_value:
-                best, best_value, best_cost, best_count = name, harm / gain, cost, count
-        if best is None:  # pragma: no cover - the floor check above guarantees progress
-            break
-        position[best] += 1
-        pruned[best] += best_count
-        costs.cut(cuts, best, best_count)
-        current = best_cost
-    return Allocation({k: goal for k, (goal, _) in targets.items()},
-                      {name: levels[name][position[name]] for name in by_name}, int(current[0]), int(current[1]),
-                      costs.flops_before, costs.params_before,
-                      {name: [[r, float(kl)] for r, kl in curve] for name, curve in curves.items()},
-                      time.perf_counter() - started)
+    target = {k: goal for k, (goal, _) in targets.items()}
+    found_ratios = []
+
+    def greedy(cap):
+        position = {name: 0 for name in by_name}
+        pruned = {name: 0 for name in by_name}
+        cuts: dict = {}
+        current = (costs.flops_before, costs.params_before)
+        while deficit(current) > 1e-12:
+            best, best_value, best_cost, best_count = None, math.inf, None, 0
+            for name, item in by_name.items():
+                grid = levels[name]
+                if position[name] + 1 >= len(grid) or grid[position[name] + 1] > cap + 1e-9:
+                    continue
+                r0, r1 = grid[position[name]], grid[position[name] + 1]
+                count = pruned_count(item, r1) - pruned[name]
+                dflops, dparams = costs.delta(cuts, name, count)
+                cost = (current[0] + dflops, current[1] + dparams)
+                gain = deficit(current) - deficit(cost)
+                if gain <= 0:
+                    continue
+                harm = max(_interpolate(curves[name], r1) - _interpolate(curves[name], r0), 1e-12)
+                if harm / gain < best_value:
+                    best, best_value, best_cost, best_count = name, harm / gain, cost, count
+            if best is None:  # this cap cannot reach the budget
+                return None
+            position[best] += 1
+            pruned[best] += best_count
+            costs.cut(cuts, best, best_count)
+            current = best_cost
+        return {name: levels[name][position[name]] for name in by_name}, current
+
+    def uniform(members):
+        """The smallest multiple of ``step`` that, given to every item of ``members`` (each at most its largest
+        level), meets the budget; ``None`` if none does."""
+        k = 1
+        while k * step <= caps[-1] + 1e-9:
+            r = round(k * step, 10)
+            ratios = {name: (max(x for x in levels[name] if x <= r) if name in members else 0.0) for name in by_name}
+            cost = costs.cost({name: pruned_count(by_name[name], ratios[name]) for name in by_name})
+            if deficit(cost) <= 1e-12:
+                return ratios, cost, r
+            k += 1
+        return None
+
+    for cap in caps:
+        result = greedy(cap)
+        if result is not None:
+            found_ratios.append((f"greedy, cap {cap}", *result))
+    for label, members in (("uniform", set(by_name)),
+                           ("uniform units", {n for n, it in by_name.items() if not isinstance(it, CoupledGroup)})):
+        result = uniform(members) if members else None
+        if result is not None:
+            ratios, cost, r = result
+            found_ratios.append((f"{label} {r:g}", ratios, cost))
+    seconds = time.perf_counter() - started
+    sens = {name: [[r, float(kl)] for r, kl in curve] for name, curve in curves.items()}
+    unique = {}
+    for label, ratios, cost in found_ratios:  # the same allocation twice is measured once
+        unique.setdefault(tuple(sorted(ratios.items())), (label, ratios, cost))
+    return [Allocation(target, ratios, int(cost[0]), int(cost[1]), costs.flops_before, costs.params_before, sens,
+                       seconds, label) for label, ratios, cost in unique.values()]

@@ -13,8 +13,11 @@ both see the final parameters); when only validating or testing, at ``on_validat
 ``on_test_start``; never during the sanity check. A network that already carries a pruning spec is
 not restored again. Restoration is deterministic, and its spec is compared across ranks, so every
 rank holds the same network. ``refit=True`` (or a dict of options) refits the pruned layers on inputs
-distilled from the network (``lbyl_pl.refit``; no data is read, ``seed`` seeds the distillation). The report
-(coefficient statistics, params/FLOPs, the refit's output error) goes to the logger.
+distilled from the network (``lbyl_pl.refit``; no data is read, ``seed`` seeds the distillation). A budget may
+replace the one ratio: ``flops=0.5`` keeps half of the original FLOPs (``params=`` likewise; ``budget=`` its
+options, ``lbyl_pl.budget.BUDGET_DEFAULTS``), each unit's ratio chosen without data (``prune_and_restore``);
+``units="all"`` also prunes the coupled groups (method ``prune``). The report (coefficient statistics,
+params/FLOPs, ``restore/flops_kept`` with a budget, the refit's output error) goes to the logger.
 Checkpoints carry the spec; ``load_restored_checkpoint`` reloads them into the pruned shapes.
 
 Restoration runs on the network's device (a network on a GPU is restored there, never moved to the CPU and
@@ -28,6 +31,7 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
+from .budget import check_budget, check_budget_options
 from .methods import make_method
 from .checkpoints import read_checkpoint
 from .refit import refit_options
@@ -62,10 +66,31 @@ def reinitialize(net: torch.nn.Module, seed: int) -> None:
         net.load_state_dict(target.state_dict())  # copied in place: every tensor stays on its device
 
 
+def check_target(ratio, flops, params, budget) -> tuple:
+    """``(ratio, flops, params, budget)`` of a cell, checked: one ratio or a budget (``flops=`` and/or ``params=``,
+    fractions of the original to keep, with ``budget`` options), which replaces the default ratio (a ratio other
+    than the default beside a budget is an error, as in ``prune_and_restore``); ratio ``None`` with a budget."""
+    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
+    budgeted = flops is not None or params is not None
+    if budgeted and ratio is not None and ratio != DEFAULT_RATIO:
+        raise ValueError(f"give ratio= or a budget (flops=/params=), not both; got ratio={ratio!r} and "
+                         f"flops={flops!r}, params={params!r}")
+    if budget is not None:
+        if not budgeted:
+            raise ValueError("budget= options need flops= or params=")
+        check_budget_options(budget)
+        budget = dict(budget)
+    if budgeted:
+        return None, flops, params, budget
+    check_ratio(ratio)
+    return ratio, flops, params, budget
+
+
 class RestoreCallback(Callback):
     def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
                  variant: str = "paper", *, init: str = "restored", seed: int = 0, module: str | None = None,
-                 example_inputs=None, units: list[str] | None = None, refit=False, **hparams):
+                 example_inputs=None, units: list[str] | str | None = None, refit=False,
+                 flops: float | None = None, params: float | None = None, budget: dict | None = None, **hparams):
         # the method object checks its own hyperparameters (lbyl_pl.METHODS): bad input fails here, not
         # in the middle of a fit
         self.method = make_method(method, variant, **hparams)
@@ -73,7 +98,8 @@ class RestoreCallback(Callback):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
         check_criterion(criterion)
-        check_ratio(ratio)
+        # a budget (flops=/params=) replaces the default ratio
+        ratio, self.flops, self.params, self.budget = check_target(ratio, flops, params, budget)
         if module is not None and (not isinstance(module, str) or not module):
             raise ValueError(f"module must be the dotted name of a submodule, got {module!r}")
         self.criterion, self.ratio, self.units = criterion, ratio, units
@@ -107,17 +133,19 @@ class RestoreCallback(Callback):
         self.spec = state_dict.get("spec")
 
     def retarget(self, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
-                 variant: str = "paper", refit=False, **hparams) -> "RestoreCallback":
-        """Point this callback at another cell (method, criterion, ratio and the method's hyperparameters,
-        checked as in ``__init__``) and forget the last restoration; ``init``, ``seed``, ``module``,
-        ``example_inputs`` and ``units`` stay. For sweeps that reuse one Trainer: put the unpruned network
-        back into the LightningModule, ``retarget``, validate again (a network that carries a pruning spec
-        is still taken as already restored and left as it is)."""
+                 variant: str = "paper", refit=False, flops: float | None = None, params: float | None = None,
+                 budget: dict | None = None, **hparams) -> "RestoreCallback":
+        """Point this callback at another cell (method, criterion, ratio or budget, and the method's
+        hyperparameters, checked as in ``__init__``) and forget the last restoration; ``init``, ``seed``,
+        ``module``, ``example_inputs`` and ``units`` stay. For sweeps that reuse one Trainer: put the unpruned
+        network back into the LightningModule, ``retarget``, validate again (a network that carries a pruning
+        spec is still taken as already restored and left as it is)."""
         restorer = make_method(method, variant, **hparams)
         check_criterion(criterion)
-        check_ratio(ratio)
+        ratio, flops, params, budget = check_target(ratio, flops, params, budget)
         self.refit = refit if refit_options(refit) is not None else False
         self.method, self.criterion, self.ratio = restorer, criterion, ratio
+        self.flops, self.params, self.budget = flops, params, budget
         self.report = self.spec = None
         return self
 
@@ -184,9 +212,12 @@ class RestoreCallback(Callback):
         example_inputs = _to_device(self._example_inputs(pl_module, net), next(net.parameters()).device)
         # Validation runs under inference_mode; parameters made there could never be trained later.
         with torch.inference_mode(False):
-            restored, report = prune_and_restore(net, self.method, self.criterion, self.ratio,
-                                                 units=self.units, example_inputs=example_inputs,
-                                                 refit=self.refit, seed=self.seed)
+            # a budget replaces the one ratio (prune_and_restore's default then stands for none)
+            target = {"ratio": self.ratio} if self.ratio is not None else \
+                {"flops": self.flops, "params": self.params, "budget": self.budget}
+            restored, report = prune_and_restore(net, self.method, self.criterion, units=self.units,
+                                                 example_inputs=example_inputs, refit=self.refit, seed=self.seed,
+                                                 **target)
             if self.init == "scratch":
                 reinitialize(restored, self.seed)
                 attach_spec(restored, dict(spec_of(restored), init="scratch"))
@@ -212,6 +243,8 @@ class RestoreCallback(Callback):
                    "restore/flops_before": report.flops_before, "restore/flops_after": report.flops_after,
                    "restore/coef_abs_mean": report.coef_abs_mean, "restore/coef_abs_max": report.coef_abs_max,
                    "restore/coef_abs_min": report.coef_abs_min}
+        if report.allocation is not None:  # a budget: the fraction of the original FLOPs the network kept
+            metrics["restore/flops_kept"] = report.flops_after / max(report.flops_before, 1)
         if report.refit is not None:
             metrics.update({"restore/refit_kl_before": report.refit.output_kl_before,
                             "restore/refit_kl_after": report.refit.output_kl_after})

@@ -81,6 +81,13 @@ _BASE: dict = {
         "methods": ["lbyl", "merge", "prune"],
         "criteria": ["l2-norm"],
         "ratios": [DEFAULT_RATIO],
+        # budgets: each entry F adds a row (every method and criterion) whose network keeps the fraction F of the
+        # original FLOPs, a ratio per unit chosen without data (prune_and_restore(flops=F); lbyl_pl.budget)
+        "flops": [],
+        # the units pruned in every cell: null (the default units), "all" (every unit and coupled group: residual
+        # streams etc.; only methods that support groups, i.e. prune), or a list of producer module names
+        "units": None,
+        "budget": {},  # the budget's options (lbyl_pl.budget.BUDGET_DEFAULTS: inputs, ratios, max_ratio, step)
         "variant": "paper",
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
         # here defaults() puts one table per registered method with a config_table (restore.lambdas for LBYL,
@@ -113,7 +120,7 @@ _BASE: dict = {
 }
 
 # maps whose keys are names (of methods, hyperparameters, refit options), not config keys
-NAME_MAPS = {("restore", "hparams"), ("restore", "grid"), ("restore", "refit_options")}
+NAME_MAPS = {("restore", "hparams"), ("restore", "grid"), ("restore", "refit_options"), ("restore", "budget")}
 # a per-cell hyperparameter table that may be "auto": chosen without data for every cell
 AUTO = "auto"
 TABLES_AFTER = "solver"  # where the per-cell tables sit in restore (the order config.yaml is written in)
@@ -241,16 +248,17 @@ def save_config(config: dict, path: str | os.PathLike) -> None:
     write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
-def lookup_ratio(table: dict, criterion: str, ratio: float, what: str):
+def lookup_ratio(table: dict, criterion: str, ratio: float | None, what: str):
     """``table[criterion][ratio]``, falling back to ``table[criterion]["default"]`` then ``table["default"]``;
-    ``"auto"`` where the table (or the entry found) says so."""
+    ``"auto"`` where the table (or the entry found) says so. ``ratio=None`` (a budget's cell, a ratio per unit):
+    the defaults only."""
     if table == AUTO:
         return AUTO
     per_criterion = table.get(criterion, {})
     if not isinstance(per_criterion, dict):
         raise ConfigError(f"{what}.{criterion} must map ratios to values, got {per_criterion!r}")
     for key, value in per_criterion.items():
-        if key != "default" and abs(float(key) - ratio) < 1e-9:
+        if key != "default" and ratio is not None and abs(float(key) - ratio) < 1e-9:
             return value
     if "default" in per_criterion:
         return per_criterion["default"]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -309,34 +310,51 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
             cached[id(unit)] = unit_tensors(unit)
         return cached[id(unit)]
 
-    allocation = None
-    if budgeted:
-        if found is None:
-            raise ValueError(f"a budget needs the traced graph; {type(model).__name__} declares its own units "
-                             "(prunable_units()), which the budget cannot cost")
-        inputs = _selection_inputs(model, options, refit_inputs, example_inputs, progress, seed)
-        allocation = allocate(model, found, units, criterion, inputs[:budget_options["inputs"]], flops=flops,
-                              params=params, options=budget_options, progress=progress)
-        ratio = allocation.ratios
-        lap("budget")
     energy = None
     if getattr(CRITERIA[criterion], "needs_inputs", False):  # an input-aware criterion: measure on inputs
         energy = channel_energy(model, units, _selection_inputs(model, options, refit_inputs, example_inputs,
                                                                 progress, seed))
         lap("energy")
-    with torch.no_grad():
-        kept_sets = select_stage(units, tensors_of, criterion, ratio, kept, energy)
-        plans, unit_reports, pruned_coefs = restore_stage(restorer, units, tensors_of, kept_sets, iterator)
-        cached.clear()
-        lap("solve")
-        restored = apply_plans(model, plans)
-        lap("surgery")
+
+    def build(ratios, iterator=None):
+        """Stages 1-4 for one ratio (or one per unit)."""
+        with torch.no_grad():
+            kept_sets = select_stage(units, tensors_of, criterion, ratios, kept, energy)
+            plans, unit_reports, pruned_coefs = restore_stage(restorer, units, tensors_of, kept_sets, iterator)
+            lap("solve")
+            restored = apply_plans(model, plans)
+            lap("surgery")
+        layer_rows = group_layer_rows(units, kept_sets)
+        refit_report = refine_stage(model, restored, {**kept_sets, **layer_rows}, options, refit_inputs,
+                                    example_inputs, progress, seed)
+        if refit_report is not None:
+            lap("refit")
+        return kept_sets, plans, unit_reports, pruned_coefs, restored, layer_rows, refit_report
+
+    allocation = None
+    if budgeted:
+        if found is None:
+            raise ValueError(f"a budget needs the traced graph; {type(model).__name__} declares its own units "
+                             "(prunable_units()), which the budget cannot cost")
+        fit, held, _ = input_sets(model, options or check_refit_options({}), refit_inputs, None, example_inputs,
+                                  seed, progress, "refit_inputs")
+        candidates = allocate(model, found, units, criterion, fit[:budget_options["inputs"]], flops=flops,
+                              params=params, options=budget_options, progress=progress)
+        lap("budget")
+        # decided by measurement: every candidate through the whole pipeline, scored on held-out distilled inputs
+        best = None
+        for candidate in candidates:
+            built = build(candidate.ratios)
+            candidate.heldout_kl = _heldout_kl(model, built[4], built[6], held if held is not None else fit)
+            if best is None or candidate.heldout_kl < best[0].heldout_kl:
+                best = (candidate, built)
+        allocation, built = best
+        allocation.candidates = {c.label: c.heldout_kl for c in candidates}
+    else:
+        built = build(ratio, iterator)
+    kept_sets, plans, unit_reports, pruned_coefs, restored, layer_rows, refit_report = built
+    cached.clear()
     ratio_value = _overall_ratio(units, kept_sets) if budgeted else float(ratio)
-    layer_rows = group_layer_rows(units, kept_sets)
-    refit_report = refine_stage(model, restored, {**kept_sets, **layer_rows}, options, refit_inputs, example_inputs,
-                                progress, seed)
-    if refit_report is not None:
-        lap("refit")
 
     spec = {
         "format": SPEC_FORMAT,
@@ -369,6 +387,25 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     lap("count")
     report.seconds = seconds
     return restored, report
+
+
+@torch.no_grad()
+def _heldout_kl(model: nn.Module, restored: nn.Module, refit_report, held: torch.Tensor) -> float:
+    """Output KL of ``restored`` against ``model`` on held-out inputs (the refit's own figure when it ran)."""
+    if refit_report is not None and math.isfinite(refit_report.output_kl_after):
+        return float(refit_report.output_kl_after)
+    from .distill import _forward
+    from .score import _score_logits
+    was = (model.training, restored.training)
+    model.eval()
+    restored.eval()
+    try:
+        param = next(restored.parameters())
+        x = held.to(device=param.device, dtype=param.dtype)
+        return float(_score_logits(_forward(model, x), _forward(restored, x), "kl"))
+    finally:
+        model.train(was[0])
+        restored.train(was[1])
 
 
 def _overall_ratio(units, kept_sets: dict) -> float:

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lbyl_pl import RestoreCallback, load_restored_checkpoint, prune_and_restore
 from lbyl_pl.module import ClassifierModule
+from lbyl_pl.selection import DEFAULT_RATIO
 from pipeline_helpers import quiet_trainer, tiny_loaders
 
 
@@ -29,11 +30,30 @@ from pipeline_helpers import quiet_trainer, tiny_loaders
     # a hyperparameter of another method is an error naming its owner, not silently ignored
     ({"method": "prune", "lambda1": 1e-6}, "lambda1 belongs to lbyl"),
     ({"method": "lbyl", "threshold": 0.1}, "threshold belongs to merge"),
+    # a budget: fractions of the original in (0, 1], never together with a ratio; options only with a budget
+    ({"flops": 1.5}, "got 1.5"), ({"flops": 0}, "got 0"), ({"flops": float("nan")}, "got nan"),
+    ({"flops": True}, "got True"), ({"params": -0.25}, "got -0.25"),
+    ({"ratio": 0.3, "flops": 0.5}, "ratio=0.3"), ({"ratio": 0.4, "params": 0.5}, "not both"),
+    ({"budget": {"inputs": 4}}, "budget= options need flops= or params="),
+    ({"flops": 0.5, "budget": {"steps": 0.1}}, "'steps'"), ({"flops": 0.5, "budget": {"inputs": 0}}, "got 0"),
 ])
 def test_restore_callback_bad_arguments(kwargs, shown):
     with pytest.raises(ValueError) as err:
         RestoreCallback(**kwargs)
     assert shown in str(err.value)
+
+
+def test_ratio_defaults_to_the_default_ratio_unless_a_budget_replaces_it():
+    assert RestoreCallback().ratio == DEFAULT_RATIO and RestoreCallback().flops is None
+    callback = RestoreCallback(flops=1, budget={"inputs": 4})
+    assert (callback.ratio, callback.flops, callback.params, callback.budget) == (None, 1.0, None, {"inputs": 4})
+    # retarget: the same checks; a ratio again puts the budget away
+    assert callback.retarget("prune", ratio=0.3).ratio == 0.3 and callback.flops is None and callback.budget is None
+    assert callback.retarget("prune", params=0.5).ratio is None and callback.params == 0.5
+    with pytest.raises(ValueError, match="got 2"):
+        callback.retarget("prune", flops=2)
+    with pytest.raises(ValueError, match="not both"):
+        callback.retarget("prune", ratio=0.3, flops=0.5)
 
 
 def lenet_module():
@@ -276,3 +296,100 @@ def test_default_module_is_the_only_child_with_parameters_else_a_clear_error(tmp
         RestoreCallback("prune", "l2-norm", 0.5).apply(TwoNetworks())
     with pytest.raises(ValueError, match=r"UserModule has no submodule 'body'; its children are \['backbone', 'head'\]"):
         RestoreCallback("prune", "l2-norm", 0.5, module="body").apply(UserModule())
+
+
+# -- a budget: flops= instead of one ratio, units="all" ------------------------------------------------
+
+class WideModule(UserModule):
+    """Three 32-channel convs on 8x8 inputs: a budget's ratio steps (5 % of a unit) move one channel or more."""
+
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 16), nn.ReLU())
+
+    def forward(self, x):
+        return self.head(self.backbone(x))
+
+
+class MetricsLogger(pl.loggers.Logger):
+    """Keeps what is logged."""
+
+    def __init__(self):
+        super().__init__()
+        self.metrics = {}
+
+    name, version = "memory", 0
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.update(metrics)
+
+    def log_hyperparams(self, params, *args, **kwargs):
+        pass
+
+
+BUDGET = {"inputs": 4, "ratios": [0.5]}  # few inputs and one ratio per unit: a quick sensitivity measurement
+
+
+def test_callback_with_a_flops_budget_keeps_that_fraction_of_the_flops(tmp_path):
+    """The budget's inputs are distilled from the network's BatchNorm statistics inside validate (no data)."""
+    torch.manual_seed(0)
+    module = WideModule()
+    randomize(module.backbone)
+    original = module.backbone
+    callback = RestoreCallback("lbyl", flops=0.5, budget=BUDGET, module="backbone")
+    logger = MetricsLogger()
+    pl.Trainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=str(tmp_path), callbacks=[callback]).validate(module, loader(), verbose=False)
+    report = callback.report
+    kept = report.flops_after / report.flops_before
+    assert 0.45 < kept <= 0.5 and report.allocation.target == {"flops": 0.5}
+    assert logger.metrics["restore/flops_kept"] == pytest.approx(kept)
+    assert module.backbone.lbyl_spec["budget"]["flops"] == 0.5
+    # the same network as prune_and_restore(flops=...) builds (the distilled inputs are cached per network)
+    expected, expected_report = prune_and_restore(original, "lbyl", flops=0.5, budget=BUDGET,
+                                                  example_inputs=torch.zeros(1, 3, 8, 8))
+    assert module.backbone.lbyl_spec == expected.lbyl_spec and report.ratio == expected_report.ratio
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(module.backbone.eval()(x), expected.eval()(x))
+
+
+def test_without_a_budget_nothing_more_is_logged(tmp_path):
+    module = WideModule()
+    randomize(module.backbone)
+    logger = MetricsLogger()
+    pl.Trainer(accelerator="cpu", devices=1, logger=logger, enable_progress_bar=False, enable_model_summary=False,
+               default_root_dir=str(tmp_path), callbacks=[RestoreCallback("prune", "l2-norm", 0.5, module="backbone")]
+               ).validate(module, loader(), verbose=False)
+    assert "restore/flops_after" in logger.metrics and "restore/flops_kept" not in logger.metrics
+
+
+class ResidualBackbone(nn.Module):
+    """A stem whose channels a residual block adds to: a coupled group (the stream), pruned with units="all"."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.bn0 = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 16)
+
+    def forward(self, x):
+        x = torch.relu(self.bn0(self.stem(x)))
+        x = torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+def test_units_all_reaches_prune_and_restore():
+    module = UserModule()
+    module.backbone = ResidualBackbone()
+    RestoreCallback("prune", "l2-norm", 0.5, module="backbone", units="all").apply(module)
+    assert module.backbone.stem.weight.shape[0] == 4 and module.backbone.conv2.weight.shape[0] == 4  # the stream
+    module = UserModule()
+    module.backbone = ResidualBackbone()
+    with pytest.raises(ValueError, match="coupled group 'stem'"):
+        RestoreCallback("lbyl", "l2-norm", 0.5, module="backbone", units="all").apply(module)

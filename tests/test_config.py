@@ -1,5 +1,6 @@
 """Configuration: YAML files merged in order, ``key=value`` overrides, unknown keys and bad syntax named in the
-error, the free-form per-criterion tables and their ratio lookup (``lbyl_pl.config``)."""
+error, the free-form per-criterion tables and their ratio lookup (``lbyl_pl.config``); the budget keys
+(``restore.flops``, ``restore.units``, ``restore.budget``) checked before restore.py evaluates anything."""
 from __future__ import annotations
 
 import pytest
@@ -113,3 +114,62 @@ def test_lookup_ratio_fallbacks():
     assert lookup_ratio({}, "l1-norm", 0.1, "restore.lambdas") is None
     with pytest.raises(ConfigError, match=r"restore.nm.l2-norm must map ratios to values, got \[1, 2\]"):
         lookup_ratio({"l2-norm": [1, 2]}, "l2-norm", 0.5, "restore.nm")
+    # a budget's cell has no one ratio: the defaults only
+    assert lookup_ratio(table, "l2-norm", None, "restore.lambdas") == [5, 6]
+    assert lookup_ratio(table, "l1-norm", None, "restore.lambdas") == [9, 10]
+
+
+# -- restore.flops / restore.units / restore.budget --------------------------------------------------
+
+def test_budget_keys_default_to_none_and_budget_is_a_name_map():
+    from lbyl_pl.cli.restore import FlopsTarget, plan_sweep
+
+    r = DEFAULTS["restore"]
+    assert r["flops"] == [] and r["units"] is None and r["budget"] == {}
+    assert list(r)[list(r).index("ratios") + 1] == "flops"  # beside restore.ratios
+    config = load_config([], ["restore.budget.inputs=4", "restore.budget={ratios: [0.5]}", "restore.flops=[0.5, 1]",
+                              "restore.units=all", "restore.methods=[prune]"])
+    assert config["restore"]["budget"] == {"inputs": 4, "ratios": [0.5]}  # merged, as refit_options
+    cells = plan_sweep(config)
+    assert [(ratio, method) for _, ratio, method, _, _, _ in cells] == [
+        (0.5, "prune"), (FlopsTarget(0.5), "prune"), (FlopsTarget(1.0), "prune")]
+    assert str(FlopsTarget(0.5)) == "flops 0.5"
+    # no ratio is needed where restore.flops gives the rows
+    cells = plan_sweep(load_config([], ["restore.ratios=[]", "restore.flops=[0.25]", "restore.methods=[lbyl]"]))
+    assert [(ratio, method) for _, ratio, method, _, _, _ in cells] == [(FlopsTarget(0.25), "lbyl")]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["restore.flops=[1.5]"], "restore.flops: flops must be the fraction of the original flops to keep, a number in "
+                              "(0, 1]; got 1.5"),
+    (["restore.flops=[0.5, 0]"], "got 0"), (["restore.flops=[-0.2]"], "got -0.2"),
+    (["restore.flops=[.nan]"], "got nan"), (["restore.flops=[true]"], "got True"),
+    (["restore.flops=[half]"], "got 'half'"), (["restore.flops=[null]"], "got None"),
+    (["restore.flops=0.5"], "restore.flops must be a list of the fractions of the original FLOPs to keep"),
+    (["restore.flops=[0.5, 0.5]"], "restore.flops lists 0.5 twice"),
+    (["restore.flops=[0.5]", "restore.budget.steps=0.1"], "restore.budget: unknown budget option(s) ['steps']"),
+    (["restore.budget.inputs=0"], "restore.budget: budget option inputs must be a positive integer, got 0"),
+    (["restore.units=some"], "restore.units must be null (the default units), 'all'"),
+    (["restore.units=[]"], "restore.units must be null"),
+    (["restore.units=all"], "restore.units=all prunes the coupled groups (residual streams, concatenations, grouped "
+                            "convs), which method(s) lbyl, merge cannot restore; methods that prune groups: prune"),
+    (["restore.ratios=[]"], "restore.ratios must be a non-empty list"),  # as before, without restore.flops
+    (["restore.flops=[0.5]", "restore.lambdas=auto"], "restore.lambdas is 'auto' for lbyl (l2-norm) and "
+                                                      "restore.flops asks for flops 0.5"),
+])
+def test_bad_budget_keys_are_named_before_any_work(overrides, message):
+    from lbyl_pl.cli.restore import plan_sweep
+
+    with pytest.raises(ConfigError) as err:
+        plan_sweep(load_config([], overrides))
+    assert message in str(err.value)
+
+
+def test_a_budgets_rows_take_the_tables_defaults():
+    from lbyl_pl.cli.restore import FlopsTarget, plan_sweep
+
+    config = load_config([], ["restore.flops=[0.5]", "restore.ratios=[0.3]", "restore.methods=[lbyl]",
+                              "restore.lambdas={l2-norm: {0.3: [1.0e-5, 0.5], default: [1.0e-4, 0.2]}}"])
+    points = {ratio: points for _, ratio, _, points, _, _ in plan_sweep(config)}
+    assert points[0.3] == [{"lambda1": 1e-5, "lambda2": 0.5, "solver": "shared"}]
+    assert points[FlopsTarget(0.5)] == [{"lambda1": 1e-4, "lambda2": 0.2, "solver": "shared"}]

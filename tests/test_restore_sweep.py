@@ -8,6 +8,7 @@ in-process.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 
@@ -176,6 +177,58 @@ def test_ranks_print_once_and_write_what_one_process_writes(tmp_path, strategy, 
     assert many["original"] == one["original"] and many["rows"] == one["rows"]
     assert 0 < one["original"]["acc1"] < 100  # exactness is only tested if not every sample counts the same
     assert many["config"]["trainer"]["strategy"] == strategy  # the config as given
+
+
+def gaussian_inputs(original, options, seed, example_inputs, progress):
+    """Stands in for the distillation from BatchNorm statistics (LeNet has none): seeded Gaussian inputs."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(options["n"], 1, 28, 28, generator=g),
+            torch.randn(options["heldout"], 1, 28, 28, generator=g))
+
+
+def test_flops_rows_follow_the_ratio_rows_and_change_nothing_else(tmp_path, monkeypatch, capsys):
+    """restore.flops=[0.5]: one more row per criterion, "flops 0.5", every method's network pruned by the budget
+    (prune_and_restore(flops=0.5)); the row records the FLOPs it kept. The ratio rows stay as they were."""
+    # lbyl_pl.refit is also the name of a function in lbyl_pl: the module itself
+    monkeypatch.setattr(importlib.import_module("lbyl_pl.refit"), "distilled_inputs", gaussian_inputs)
+    budget = {"inputs": 4, "ratios": [0.5]}
+    plain, flops = tmp_path / "plain", tmp_path / "flops"
+    assert restore.cli(tiny_args(plain, *LENET)) == 0
+    assert restore.cli(tiny_args(flops, *LENET, "restore.flops=[0.5]", "restore.budget.inputs=4",
+                                 "restore.budget.ratios=[0.5]")) == 0
+    printed = capsys.readouterr().out
+    before, after = (json.loads((out / "results.json").read_text()) for out in (plain, flops))
+    assert after["rows"][:3] == before["rows"] and after["original"] == before["original"]
+    # the table: the ratio rows unchanged, then the budget's
+    table, plain_table = (flops / "table.md").read_text(), (plain / "table.md").read_text()
+    budget_lines = [line for line in table.splitlines() if "flops 0.5" in line]
+    assert [line for line in table.splitlines() if line not in budget_lines] == plain_table.splitlines()
+    assert budget_lines[0].startswith("| flops 0.5 | ") and budget_lines[1].startswith("| l2-norm | flops 0.5 | ")
+    for method in ("LBYL", "NM", "prune"):
+        assert f"  l2-norm flops=0.5 {method:>5}: top-1 " in printed
+
+    torch.manual_seed(0)
+    reference = build_model("lenet300", 10)
+    data = eval_set(after["config"])
+    assert [row["method"] for row in after["rows"][3:]] == ["lbyl", "merge", "prune"]
+    for row in after["rows"][3:]:
+        hparams = restore.hyperparameters(after["config"], row["method"], row["criterion"], None)
+        restored, report = prune_and_restore(reference, row["method"], row["criterion"], flops=0.5, budget=budget,
+                                             **hparams)
+        assert row["flops_target"] == 0.5 and row["ratio"] == pytest.approx(report.ratio)
+        assert row["params"] == report.params_after and row["flops"] == report.flops_after
+        assert row["flops_kept"] == pytest.approx(report.flops_after / report.flops_before)
+        assert 0.4 < row["flops_kept"] <= 0.5
+        assert row["acc1"] == pytest.approx(evaluate(restored, data)["top1"], abs=1e-3), row
+    assert "flops_kept" in (flops / "table.csv").read_text().splitlines()[0]
+
+
+def test_a_bad_flops_entry_stops_restore_before_any_evaluation(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert restore.cli(tiny_args(out, *LENET, "restore.flops=[0.5, 2]")) == 2
+    err = capsys.readouterr().err
+    assert "error: restore.flops: flops must be the fraction of the original flops to keep" in err and "got 2" in err
+    assert not (out / "results.json").exists()
 
 
 def test_retarget_checks_its_cell_and_forgets_the_last_restoration():

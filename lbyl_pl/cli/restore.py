@@ -1,21 +1,30 @@
 """restore.py: data-free restoration tables (original, then every method x criterion x ratio).
 
 restore.refit=both adds each method with the refit of the pruned layers on inputs distilled from the network
-(no data is read; restore.refit_options: n, heldout, iterations, stats, alphas, max_rows)."""
+(no data is read; restore.refit_options: n, heldout, iterations, stats, alphas, max_rows).
+
+restore.flops=[0.5] adds a row "flops 0.5" (every method and criterion) whose network keeps half of the
+original FLOPs, a ratio per unit chosen without data (lbyl_pl.budget; restore.budget: inputs, ratios,
+max_ratio, step; its inputs are distilled from the network's BatchNorm statistics, with restore.refit_options
+when the refit is on); its row records the FLOPs measured (flops_kept). restore.units=all prunes every unit and
+coupled group (residual streams etc.; method prune only) in every cell; null keeps the default units."""
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 
 from pytorch_lightning import seed_everything
 from tqdm import tqdm
 
+from ..budget import check_budget, check_budget_options
 from ..callbacks import RestoreCallback
 from ..checkpoints import save_restored
 from ..config import AUTO, ConfigError, lookup_ratio, save_config
 from ..methods import METHODS, describe_methods, get_method
 from ..datamodules import build_datamodule
 from ..module import ClassifierModule
+from ..prunable import ALL_UNITS
 from ..refit import check_refit_options
 from ..restoration import prune_and_restore
 from ..spec import drop_spec, spec_of
@@ -49,15 +58,98 @@ def refit_modes(config: dict) -> list[bool]:
     return REFIT_MODES[value]
 
 
+@dataclass(frozen=True)
+class FlopsTarget:
+    """A ``restore.flops`` entry, in a cell's ratio slot: the network keeps this fraction of the original FLOPs,
+    a ratio per unit chosen by the budget (``prune_and_restore(flops=...)``)."""
+    flops: float
+
+    def __str__(self) -> str:
+        return f"flops {self.flops:g}"
+
+
+def flops_targets(config: dict) -> list[FlopsTarget]:
+    """``restore.flops``: a list of FLOP fractions to keep, each in (0, 1]; ``restore.budget`` (its options) checked."""
+    values = config["restore"]["flops"]
+    if not isinstance(values, list):
+        raise ConfigError(f"restore.flops must be a list of the fractions of the original FLOPs to keep, each in "
+                          f"(0, 1] (e.g. restore.flops=[0.5]), got {values!r}")
+    targets = []
+    for value in values:
+        try:
+            flops = check_budget(value, "flops")
+        except ValueError as err:
+            raise ConfigError(f"restore.flops: {err}") from None
+        if flops is None:
+            raise ConfigError("restore.flops: flops must be the fraction of the original flops to keep, a number in "
+                              "(0, 1]; got None")
+        if FlopsTarget(flops) in targets:
+            raise ConfigError(f"restore.flops lists {value!r} twice")
+        targets.append(FlopsTarget(flops))
+    try:
+        check_budget_options(config["restore"]["budget"])
+    except ValueError as err:
+        raise ConfigError(f"restore.budget: {err}") from None
+    return targets
+
+
+def check_units(config: dict):
+    """``restore.units``: null (the default units), ``all`` (every unit and coupled group, for methods that prune
+    groups only) or a list of producer module names."""
+    r = config["restore"]
+    units = r["units"]
+    if units == ALL_UNITS:
+        refusing = [name for name in r["methods"] if not get_method(name).supports_groups]
+        if refusing:
+            allowed = ", ".join(name for name, cls in METHODS.items() if cls.supports_groups)
+            raise ConfigError(f"restore.units=all prunes the coupled groups (residual streams, concatenations, "
+                              f"grouped convs), which method(s) {', '.join(refusing)} cannot restore; methods that "
+                              f"prune groups: {allowed}. Leave them out of restore.methods, or restore.units null")
+    elif units is not None and not (isinstance(units, list) and units and
+                                    all(isinstance(u, str) and u for u in units)):
+        raise ConfigError(f"restore.units must be null (the default units), {ALL_UNITS!r} (every unit and coupled "
+                          f"group) or a list of producer module names, got {units!r}")
+    return units
+
+
+def target_kwargs(config: dict, ratio) -> dict:
+    """A cell's ``ratio=`` or budget (``flops=`` with ``restore.budget``'s options), for ``RestoreCallback`` and
+    ``prune_and_restore``."""
+    if isinstance(ratio, FlopsTarget):
+        return {"flops": ratio.flops, "budget": dict(config["restore"]["budget"])}
+    return {"ratio": float(ratio)}
+
+
+def table_ratio(ratio):
+    """The ratio a cell looks its per-cell hyperparameters up with: ``None`` (the tables' defaults) for a budget."""
+    return None if isinstance(ratio, FlopsTarget) else ratio
+
+
+def label(ratio) -> str:
+    """A cell's entry in the ratio column: ``30%``, or ``flops 0.5`` for a budget."""
+    return str(ratio) if isinstance(ratio, FlopsTarget) else f"{ratio:.0%}"
+
+
+def where(ratio) -> str:
+    """A cell's ratio as the progress bar and the printed lines show it: ``r=0.3`` or ``flops=0.5``."""
+    return f"flops={ratio.flops:g}" if isinstance(ratio, FlopsTarget) else f"r={ratio}"
+
+
+def cell_of(row: dict):
+    """The ratio slot of a row's cell: its ratio, or its ``FlopsTarget``."""
+    return FlopsTarget(row["flops_target"]) if "flops_target" in row else row["ratio"]
+
+
 def column(method: str, refit: bool) -> str:
     """A table column's name: the method's title, with the refit marked."""
     return title(method) + (REFIT_SUFFIX if refit else "")
 
 
-def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> dict:
+def hyperparameters(config: dict, method: str, criterion: str, ratio: float | None) -> dict:
     """``method``'s keyword arguments for one cell: its per-(criterion, ratio) pair from ``restore.<table>``
     (``restore.lambdas`` for LBYL, ``restore.nm`` for NM), then the fixed values of ``restore.hparams.<method>``
-    (and the legacy ``restore.solver`` for LBYL); whatever is not set takes the method's default."""
+    (and the legacy ``restore.solver`` for LBYL); whatever is not set takes the method's default. ``ratio=None``
+    (a budget's cell): the tables' defaults."""
     r = config["restore"]
     cls = get_method(method)
     hp = {}
@@ -78,7 +170,7 @@ def hyperparameters(config: dict, method: str, criterion: str, ratio: float) -> 
     return hp
 
 
-def is_auto(config: dict, method: str, criterion: str, ratio: float) -> bool:
+def is_auto(config: dict, method: str, criterion: str, ratio: float | None) -> bool:
     """Whether ``method``'s per-cell hyperparameters are to be chosen without data (``restore.<table>: auto``)."""
     table = get_method(method).config_table
     return table is not None and lookup_ratio(config["restore"].get(table, {}), criterion, ratio,
@@ -125,9 +217,12 @@ def grid_points(config: dict, method: str, hp: dict) -> list[dict]:
 
 
 def selected_hparams(rows: list[dict]) -> dict:
-    """The chosen values as a config fragment (``--config`` it for the test-set run)."""
+    """The chosen values as a config fragment (``--config`` it for the test-set run). A budget's rows have no
+    ratio to key them by and are left out."""
     tables: dict = {}
     for row in rows:
+        if "flops_target" in row:
+            continue
         cls = get_method(row["method"])
         if cls.config_table is not None:
             tables.setdefault(cls.config_table, {}).setdefault(row["criterion"], {})[row["ratio"]] = \
@@ -189,9 +284,9 @@ def format_markdown(config, original, rows) -> str:
     if any(modes):
         lines += [f"Columns marked{REFIT_SUFFIX} refit the pruned layers on inputs distilled from the network's "
                   "BatchNorm statistics (lbyl_pl.refit); no data was read.", ""]
-    by_cell = {}  # (criterion, ratio) -> {(method, refit): row}
+    by_cell = {}  # (criterion, ratio or FlopsTarget) -> {(method, refit): row}
     for r in rows:
-        by_cell.setdefault((r["criterion"], r["ratio"]), {})[r["method"], bool(r.get("refit"))] = r
+        by_cell.setdefault((r["criterion"], cell_of(r)), {})[r["method"], bool(r.get("refit"))] = r
     # one column per method that has per-cell hyperparameters (LBYL's lambdas, NM's t / lambda)
     tuned = [x for x in config["restore"]["methods"] if get_method(x).table_hparams]
     for criterion in config["restore"]["criteria"]:
@@ -199,12 +294,13 @@ def format_markdown(config, original, rows) -> str:
                   "| ratio | " + "".join(f"{title(x)} {' / '.join(get_method(x).table_hparams)} | " for x in tuned)
                   + " | ".join(column(*x) for x in methods) + " |",
                   "|---" * (1 + len(tuned) + len(methods)) + "|"]
-        for ratio in config["restore"]["ratios"]:
-            cells = by_cell[criterion, float(ratio)]
+        for ratio in [float(ratio) for ratio in config["restore"]["ratios"]] + flops_targets(config):
+            cells = by_cell[criterion, ratio]
             # each method's row holds its resolved hyperparameters (e.g. NM's architecture-default threshold)
             values = "".join(" / ".join(f"{cells[x, modes[0]][name]:g}" for name in get_method(x).table_hparams)
                              + (" (auto)" if cells[x, modes[0]].get("auto") else "") + " | " for x in tuned)
-            lines.append(f"| {ratio:.0%} | {values}" + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods) + " |")
+            lines.append(f"| {label(ratio)} | {values}" + " | ".join(f"{cells[x]['acc1']:.2f}" for x in methods)
+                         + " |")
         lines.append("")
     compensating = [(x, modes[0]) for x in config["restore"]["methods"] if x != "prune"]  # the refit changes none
     if compensating:  # the paper's Table A9: how large the delivered coefficients are
@@ -212,7 +308,7 @@ def format_markdown(config, original, rows) -> str:
                   "| criterion | ratio | " + " | ".join(column(*x) for x in compensating) + " |",
                   "|---" * (2 + len(compensating)) + "|"]
         for (criterion, ratio), cells in by_cell.items():
-            lines.append(f"| {criterion} | {ratio:.0%} | " + " | ".join(
+            lines.append(f"| {criterion} | {label(ratio)} | " + " | ".join(
                 f"{cells[x]['coef_abs_mean']:.5f} / {cells[x]['coef_abs_max']:.5f} / "
                 f"{cells[x]['coef_abs_min']:.5f}" for x in compensating) + " |")
         lines.append("")
@@ -221,21 +317,28 @@ def format_markdown(config, original, rows) -> str:
 
 def evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion, ratio, hp, refit=False):
     """Restore ``net`` (RestoreCallback, before validation) and evaluate it: one row of the table, and the
-    restored network (this process's own; recomputed only where spawned workers did the restoring)."""
+    restored network (this process's own; recomputed only where spawned workers did the restoring). ``ratio``: a
+    ratio, or a ``FlopsTarget`` (a budget: the row records the FLOPs target and the fraction kept)."""
     refit_options = dict(config["restore"]["refit_options"]) if refit else False
-    kwargs = dict(method=method, criterion=criterion, ratio=float(ratio), variant=config["restore"]["variant"],
-                  refit=refit_options, **hp)
+    kwargs = dict(method=method, criterion=criterion, **target_kwargs(config, ratio),
+                  variant=config["restore"]["variant"], refit=refit_options, **hp)
     module.set_net(net)  # the unpruned network itself: prune_and_restore never modifies it, so no copy
     callback.retarget(**kwargs)
     result = validate(trainer, module, datamodule)
     report, restored = callback.report, module.net
     if report is None:  # ddp_spawn kept (restore.py called with argv): the spawned workers restored
-        restored, report = prune_and_restore(net, seed=config["seed"], **kwargs)
+        restored, report = prune_and_restore(net, seed=config["seed"], units=config["restore"]["units"], **kwargs)
     resolved = dict(report.hparams)  # with the defaults the method filled in (e.g. NM's threshold)
-    row = {"criterion": criterion, "ratio": float(ratio), "method": method, "variant": kwargs["variant"],
-           **resolved, "acc1": round(result["acc1"], 4), "acc5": round(result["acc5"], 4),
-           "coef_abs_mean": report.coef_abs_mean, "coef_abs_max": report.coef_abs_max,
-           "coef_abs_min": report.coef_abs_min, "params": report.params_after, "flops": report.flops_after}
+    budget = {}
+    if isinstance(ratio, FlopsTarget):  # ratio: the fraction of the channels pruned overall
+        budget = {"flops_target": ratio.flops}
+    row = {"criterion": criterion, "ratio": float(report.ratio if budget else ratio), **budget, "method": method,
+           "variant": kwargs["variant"], **resolved, "acc1": round(result["acc1"], 4),
+           "acc5": round(result["acc5"], 4), "coef_abs_mean": report.coef_abs_mean,
+           "coef_abs_max": report.coef_abs_max, "coef_abs_min": report.coef_abs_min, "params": report.params_after,
+           "flops": report.flops_after}
+    if budget:  # the fraction of the original FLOPs the restored network keeps, measured
+        row["flops_kept"] = report.flops_after / max(report.flops_before, 1)
     if report.refit is not None:  # marked, with the output error on the held-out distilled inputs before and after
         row.update(refit=True, refit_kl_before=report.refit.output_kl_before,
                    refit_kl_after=report.refit.output_kl_after)
@@ -246,26 +349,33 @@ def plan_sweep(config: dict) -> list[tuple]:
     """Every ``(criterion, ratio, method, grid points, auto)`` cell of the table, each point checked: a bad name
     or value fails here, before the (long) evaluation of the original network. ``auto``: the method's per-cell
     hyperparameters are chosen without data once the network is loaded; then whether the refit follows
-    (``restore.refit``: one cell each for false and true with ``both``)."""
+    (``restore.refit``: one cell each for false and true with ``both``). The ratio slot holds a ``FlopsTarget``
+    for each ``restore.flops`` entry (after the ratios)."""
     r = config["restore"]
+    targets = flops_targets(config)
     for key in ("methods", "criteria", "ratios"):
-        if not isinstance(r[key], list) or not r[key]:
+        if not isinstance(r[key], list) or not (r[key] or (key == "ratios" and targets)):
             raise ConfigError(f"restore.{key} must be a non-empty list (e.g. restore.ratios=[0.3,0.5]), "
                               f"got {r[key]!r}")
     check_grid(r["grid"])
     modes = refit_modes(config)
+    check_units(config)
     cells = []
     for criterion in r["criteria"]:
-        for ratio in r["ratios"]:
+        for ratio in [*r["ratios"], *targets]:
             for method in r["methods"]:
                 get_method(method)  # an unknown name fails here, naming the registered methods
-                points = grid_points(config, method, hyperparameters(config, method, criterion, ratio))
-                auto = is_auto(config, method, criterion, ratio)
+                points = grid_points(config, method, hyperparameters(config, method, criterion, table_ratio(ratio)))
+                auto = is_auto(config, method, criterion, table_ratio(ratio))
+                if auto and isinstance(ratio, FlopsTarget):
+                    raise ConfigError(f"restore.{get_method(method).config_table} is 'auto' for {method} "
+                                      f"({criterion}) and restore.flops asks for {ratio}: the data-free choice "
+                                      "needs one ratio; give the table a fixed default entry for the budget's rows")
                 if auto and len(points) > 1:
                     raise ConfigError(f"restore.{get_method(method).config_table} is 'auto' for {method} "
                                       f"({criterion}, {ratio}) and restore.grid searches it too: choose one")
                 for point in points:
-                    RestoreCallback(method, criterion, float(ratio), r["variant"], **point)
+                    RestoreCallback(method, criterion, variant=r["variant"], **target_kwargs(config, ratio), **point)
                 for refit in modes:
                     cells.append((criterion, ratio, method, points, auto, refit))
     return cells
@@ -282,8 +392,8 @@ def main(argv=None) -> int:
     # (the DataModule shards the evaluation set: exact counts); rank zero alone prints, draws the sweep's
     # progress bar and writes files. Lightning's own bar would draw one bar per evaluation: off.
     strategy = sweep_strategy(t["strategy"], relaunchable=argv is None)
-    callback = SweepCallback(cells[0][2], cells[0][0], float(cells[0][1]), r["variant"], seed=config["seed"],
-                             **cells[0][3][0])
+    callback = SweepCallback(cells[0][2], cells[0][0], variant=r["variant"], seed=config["seed"],
+                             units=r["units"], **target_kwargs(config, cells[0][1]), **cells[0][3][0])
     trainer = build_trainer(config, config["output_dir"], callbacks=[callback], logger=False, strategy=strategy,
                             enable_progress_bar=False, enable_checkpointing=False)
     main_rank = trainer.is_global_zero
@@ -322,11 +432,11 @@ def main(argv=None) -> int:
         for criterion, ratio, method, points, auto, refit in cells:
             best = None
             if auto:  # every rank chooses (deterministic for the seed; distilled inputs cached per network)
-                bar.set_postfix_str(f"{criterion} r={ratio} {title(method)}: choosing without data")
+                bar.set_postfix_str(f"{criterion} {where(ratio)} {title(method)}: choosing without data")
                 points = [choose_without_data(config, net, method, criterion, ratio, points[0],
                                               progress=main_rank and t["enable_progress_bar"])]
             for point in points:
-                bar.set_postfix_str(f"{criterion} r={ratio} {column(method, refit)}")  # the cell being evaluated
+                bar.set_postfix_str(f"{criterion} {where(ratio)} {column(method, refit)}")  # the cell being evaluated
                 row, restored = evaluate_cell(trainer, module, callback, datamodule, net, config, method, criterion,
                                               ratio, point, refit)
                 bar.update()
@@ -337,11 +447,16 @@ def main(argv=None) -> int:
                     best = (row, restored)
             row, restored = best
             rows.append(row)
-            say(f"{criterion:>9} r={ratio:<5} {column(method, refit):>5}: top-1 {row['acc1']:.2f}  "
-                f"top-5 {row['acc5']:.2f}")
+            if isinstance(ratio, FlopsTarget):
+                say(f"{criterion:>9} {where(ratio):<7} {column(method, refit):>5}: top-1 {row['acc1']:.2f}  "
+                    f"top-5 {row['acc5']:.2f}  (FLOPs kept {row['flops_kept']:.3f})")
+            else:
+                say(f"{criterion:>9} r={ratio:<5} {column(method, refit):>5}: top-1 {row['acc1']:.2f}  "
+                    f"top-5 {row['acc5']:.2f}")
             if r["save_checkpoints"] and main_rank:
                 suffix = "_refit" if refit else ""
-                save_restored(restored, out / "restored" / f"{method}_{criterion}_r{ratio}{suffix}.pth",
+                cell = f"flops{ratio.flops:g}" if isinstance(ratio, FlopsTarget) else f"r{ratio}"
+                save_restored(restored, out / "restored" / f"{method}_{criterion}_{cell}{suffix}.pth",
                               acc1=row["acc1"])
     finally:
         bar.close()

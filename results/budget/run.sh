@@ -1,0 +1,9 @@
+#!/bin/sh
+# The FLOP-budget tables of results/README.md, section "FLOP budgets" (resumable: rows already in a CSV are skipped).
+set -e
+cd "$(dirname "$0")/../.."
+export LBYL_CHECKPOINTS="${LBYL_CHECKPOINTS:-../shared/checkpoints}" LBYL_DATA="${LBYL_DATA:-../shared/data}"
+python benchmarks/budget_table.py resnet56 --flops 0.5,0.35 --csv results/budget/resnet56.csv \
+    --allocation-json results/budget/resnet56_allocation.json
+python benchmarks/budget_table.py vgg16_bn --flops 0.5,0.25 --csv results/budget/vgg16_bn.csv \
+    --allocation-json results/budget/vgg16_bn_allocation.json
