@@ -8,7 +8,7 @@ Allocations (``--allocations``):
 - ``budget``: ``prune_and_restore(..., units="all", flops=F)``: each unit's and group's ratio chosen by the budget
   (``lbyl_pl.budget``: sensitivity on distilled inputs, no data);
 - ``uniform-all``: one ratio for every unit and group (``units="all"``), the ratio whose FLOPs are nearest ``F``
-  from above or equal (bisection on the cost model, no data);
+  (the cost model, no data);
 - ``uniform-paper``: one ratio for the paper's units only (today's default), matched to ``F`` the same way (where
   the paper's units alone can reach ``F``).
 
@@ -21,7 +21,6 @@ KL on held-out distilled inputs before and after the refit, the CPU latency at b
 from __future__ import annotations
 
 import argparse
-import math
 import csv
 import json
 import sys
@@ -37,23 +36,22 @@ FIELDS = ["net", "target_flops", "allocation", "method", "criterion", "ratio", "
 
 
 def uniform_ratio(net, units, target: float) -> float | None:
-    """The smallest uniform ratio (over ``units``) whose FLOPs are at most ``target`` of the original, from the cost
-    model (no forward pass); ``None`` when even the largest ratio keeps more."""
+    """The uniform ratio (over ``units``, in steps of 0.001) whose FLOPs are nearest ``target`` of the original,
+    from the cost model (no forward pass); ``None`` when even the largest ratio keeps more than ``target`` + 0.01."""
     from lbyl_pl.budget import CostModel, pruned_count
     from lbyl_pl.discovery import discover
 
     costs = CostModel(net, discover(net), units)
-
-    def kept(r):
-        return costs.cost({u.name: pruned_count(u, r) for u in units})[0] / costs.flops_before
-
-    lo, hi = 0.0, 0.9
-    if kept(hi) > target:
-        return None
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if kept(mid) > target else (lo, mid)
-    return math.ceil(hi * 1e4) / 1e4  # rounded up: never above the target
+    best = None
+    for k in range(0, 901):
+        r = k / 1000
+        try:
+            kept = costs.cost({u.name: pruned_count(u, r) for u in units})[0] / costs.flops_before
+        except ValueError:  # a unit would keep no channel
+            break
+        if best is None or abs(kept - target) < abs(best[1] - target):
+            best = (r, kept)
+    return best[0] if best is not None and best[1] <= target + 0.01 else None
 
 
 def main():

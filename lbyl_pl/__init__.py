@@ -11,11 +11,13 @@ from .refit import RefitReport, refit
 from .restoration import RestorationReport, prune_and_restore, restore_from_spec
 from .selection import CRITERIA
 from .prunable import prunable_units
-from .units import PrunableUnit
+from .units import CoupledGroup, PrunableUnit
+from .budget import Allocation
 
 __version__ = "0.1.0"
 
-__all__ = ["auto_hparams", "auto_hparams_search", "distill_inputs", "ARCHITECTURES", "CRITERIA", "Discovery",
+__all__ = ["auto_hparams", "auto_hparams_search", "distill_inputs", "Allocation", "ARCHITECTURES", "CRITERIA",
+           "CoupledGroup", "Discovery",
            "METHODS", "PrunableUnit", "RefitReport", "RestorationReport", "RestoreCallback", "SkippedGroup", "UnitCheck", "build_model", "check_units", "discover",
            "discover_units", "evaluate", "find_checkpoint", "load_restored", "load_restored_checkpoint",
            "load_weights", "prunable_units", "prune_and_restore", "refit", "restore_from_spec", "save_restored"]

@@ -365,17 +365,22 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
         return {name: levels[name][position[name]] for name in by_name}, current
 
     def uniform(members):
-        """The smallest multiple of ``step`` that, given to every item of ``members`` (each at most its largest
-        level), meets the budget; ``None`` if none does."""
-        k = 1
-        while k * step <= caps[-1] + 1e-9:
-            r = round(k * step, 10)
-            ratios = {name: (max(x for x in levels[name] if x <= r) if name in members else 0.0) for name in by_name}
-            cost = costs.cost({name: pruned_count(by_name[name], ratios[name]) for name in by_name})
-            if deficit(cost) <= 1e-12:
-                return ratios, cost, r
-            k += 1
-        return None
+        """The smallest ratio (to 0.001, found by bisection: the cost falls as the ratio grows) that, given to every
+        item of ``members`` (each at most its largest level), meets the budget; ``None`` if none does."""
+        def ratios_at(r):
+            return {name: (min(r, levels[name][-1]) if name in members else 0.0) for name in by_name}
+
+        def cost_at(r):
+            ratios = ratios_at(r)
+            return costs.cost({name: pruned_count(by_name[name], ratios[name]) for name in by_name})
+
+        if deficit(cost_at(caps[-1])) > 1e-12:
+            return None
+        lo, hi = 0, int(round(caps[-1] * 1000))  # in thousandths
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if deficit(cost_at(mid / 1000)) > 1e-12 else (lo, mid)
+        return ratios_at(hi / 1000), cost_at(hi / 1000), hi / 1000
 
     for cap in caps:
         result = greedy(cap)

@@ -17,6 +17,8 @@ from .selection import (CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, g
                         select_group_kept, select_kept)
 from .surgery import GroupPlan, UnitPlan, apply_plans, selection_matrix
 from .discovery import discover
+from .distill import _forward
+from .score import _score_logits
 from .example_inputs import example_inputs_of
 from .refit import RefitReport, check_refit_options, input_sets, refit_consumers, refit_options, refit_record
 from .prunable import prunable_units
@@ -394,8 +396,6 @@ def _heldout_kl(model: nn.Module, restored: nn.Module, refit_report, held: torch
     """Output KL of ``restored`` against ``model`` on held-out inputs (the refit's own figure when it ran)."""
     if refit_report is not None and math.isfinite(refit_report.output_kl_after):
         return float(refit_report.output_kl_after)
-    from .distill import _forward
-    from .score import _score_logits
     was = (model.training, restored.training)
     model.eval()
     restored.eval()
