@@ -42,6 +42,9 @@ BUDGET_DEFAULTS = {
     "ratios": (0.25, 0.5, 0.75),     # ratios at which every unit is pruned alone and measured
     "caps": (0.5, 0.7, 0.9),         # one greedy candidate per cap: no unit loses more than that fraction
     "step": 0.05,                    # the allocation's ratio step per unit
+    # also measure each unit pruned alone *and restored* (method + refit) at ``ratios``, for a second set of greedy
+    # candidates: None does so when the refit is on (prune_and_restore(refit=True)), True / False always / never
+    "restored": None,
 }
 
 
@@ -77,6 +80,8 @@ def check_budget_options(options) -> dict:
             any(isinstance(c, bool) or not isinstance(c, (int, float)) or not 0.0 < c < 1.0 for c in caps):
         raise ValueError(f"budget option caps must be numbers in (0, 1), got {caps!r}")
     merged["caps"] = tuple(sorted(float(c) for c in caps))
+    if merged["restored"] not in (None, True, False):
+        raise ValueError(f"budget option restored must be None, True or False, got {merged['restored']!r}")
     v = merged["step"]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v < 1.0:
         raise ValueError(f"budget option step must be a number in (0, 1), got {v!r}")
@@ -93,6 +98,7 @@ class Allocation:
     flops_before: int = 0
     params_before: int = 0
     sensitivity: dict = field(default_factory=dict)  # name -> [[ratio, output KL], ...] (pruned alone)
+    sensitivity_restored: dict = field(default_factory=dict)  # the same, pruned alone and restored (if measured)
     seconds: float = 0.0
     label: str = ""                    # which candidate: "greedy, cap 0.7", "uniform 0.35", ...
     heldout_kl: float = float("nan")   # the whole pipeline's output KL on held-out distilled inputs
@@ -223,6 +229,48 @@ def kept_at(item, criterion: str, ratio: float) -> list[int]:
                        item)
 
 
+class _PrefixCache:
+    """Outputs of the network's Conv2d/Linear/BatchNorm layers on the reference pass, replayed for every layer that
+    runs before the first changed one: zeroing a unit's readers changes nothing the network computes before them, so
+    a measurement pays only for the rest of the network (about half of it, on average). Layers called more than once
+    are never replayed; outputs are copied in and out, since in-place ops downstream (``ReLU(inplace=True)``,
+    ``out += identity``) write into them. Costs the memory of those layers' outputs on the inputs."""
+
+    def __init__(self, model: nn.Module, inputs: torch.Tensor):
+        self.outputs: dict[nn.Module, torch.Tensor] = {}
+        self.order: dict[nn.Module, int] = {}
+        calls: dict[nn.Module, int] = {}
+
+        def record(module, args, output):
+            calls[module] = calls.get(module, 0) + 1
+            if isinstance(output, torch.Tensor):
+                self.order.setdefault(module, len(self.order))
+                self.outputs[module] = output.clone()  # later in-place ops (ReLU(inplace), +=) write into it
+
+        layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, *BN_TYPES))]
+        hooks = [m.register_forward_hook(record) for m in layers]
+        try:
+            self.reference = _forward(model, inputs)
+        finally:
+            for h in hooks:
+                h.remove()
+        for module, count in calls.items():
+            if count > 1:
+                self.outputs.pop(module, None)
+
+    def forward(self, model: nn.Module, inputs: torch.Tensor, changed: list[nn.Module]) -> torch.Tensor:
+        """The network's output with every cached layer called before the first of ``changed`` replayed."""
+        first = min((self.order.get(m, 0) for m in changed), default=0)
+        replayed = [m for m, i in self.order.items() if i < first and m in self.outputs]
+        for module in replayed:
+            module.forward = (lambda cached: (lambda *args, **kwargs: cached.clone()))(self.outputs[module])
+        try:
+            return _forward(model, inputs)
+        finally:
+            for module in replayed:
+                del module.forward
+
+
 @torch.no_grad()
 def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, ratios, progress: bool = False):
     """``name -> [(ratio, output KL)]``: each unit or group pruned alone (zeroed at its readers), measured against
@@ -232,7 +280,7 @@ def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, r
     modules = dict(model.named_modules())
     curves = {}
     try:
-        reference = _forward(model, inputs)
+        cache = _PrefixCache(model, inputs)
         jobs = [(item, r) for item in items for r in ratios]
         bar = None
         if progress:
@@ -249,12 +297,13 @@ def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, r
                 saved = []
                 for reader, columns in read_columns(item, dropped):
                     weight = modules[reader].weight
-                    saved.append((weight, weight.detach().clone()))
+                    saved.append((modules[reader], weight, weight.detach().clone()))
                     zero_inputs(modules[reader], columns)
                 try:
-                    curve.append((ratio, _score_logits(reference, _forward(model, inputs), "kl")))
+                    logits = cache.forward(model, inputs, [m for m, _, _ in saved])
+                    curve.append((ratio, _score_logits(cache.reference, logits, "kl")))
                 finally:
-                    for weight, value in saved:
+                    for _, weight, value in saved:
                         weight.copy_(value)
                 if bar is not None:
                     bar.update(1)
@@ -279,12 +328,15 @@ def _interpolate(curve, ratio: float) -> float:
 
 
 def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tensor, *, flops: float | None = None,
-             params: float | None = None, options: dict | None = None, progress: bool = False) -> list[Allocation]:
+             params: float | None = None, options: dict | None = None, progress: bool = False,
+             restored_kl=None) -> list[Allocation]:
     """Candidate allocations meeting ``flops`` and/or ``params`` (fractions of the original to keep): the greedy
     one (least summed output KL, see the module docstring) under every cap of ``options['caps']``, and the
     smallest uniform ratio over all items, and over the single-producer units alone, that meets the budget.
-    ``prune_and_restore`` measures each through the whole pipeline and keeps the best. Raises ``ValueError``
-    when no allocation reaches the budget."""
+    ``prune_and_restore`` measures each through the whole pipeline and keeps the best. ``restored_kl(item,
+    ratio)``, when given, measures an item pruned alone *and restored* (the method and the refit): its curves give
+    a second set of greedy candidates (what the pipeline cannot recover, rather than what pruning removes). Raises
+    ``ValueError`` when no allocation reaches the budget."""
     started = time.perf_counter()
     flops, params = check_budget(flops, "flops"), check_budget(params, "params")
     if flops is None and params is None:
@@ -330,12 +382,27 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
                          f"reachable is {smallest} of the original; allowed: a budget at or above that, a larger cap "
                          f"(budget={{'caps': ...}}) or units='all' (more units and groups)")
 
-    curves = sensitivity(model, items, inputs, criterion, options["ratios"], progress)
+    curve_sets = {"": sensitivity(model, items, inputs, criterion, options["ratios"], progress)}
+    if restored_kl is not None:
+        jobs = [(item, r) for item in items for r in options["ratios"]]
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=len(jobs), desc="sensitivity after restoration", unit="pass", leave=False)
+        restored_curves: dict = {}
+        for item, r in jobs:
+            kl = restored_kl(item, r) if pruned_count(item, r) else 0.0
+            restored_curves.setdefault(item.name, []).append((r, kl))
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        curve_sets[" (restored)"] = restored_curves
     by_name = {it.name: it for it in items}
     target = {k: goal for k, (goal, _) in targets.items()}
     found_ratios = []
 
-    def greedy(cap):
+    def greedy(cap, curves):
         position = {name: 0 for name in by_name}
         pruned = {name: 0 for name in by_name}
         cuts: dict = {}
@@ -382,10 +449,11 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
             lo, hi = (mid, hi) if deficit(cost_at(mid / 1000)) > 1e-12 else (lo, mid)
         return ratios_at(hi / 1000), cost_at(hi / 1000), hi / 1000
 
-    for cap in caps:
-        result = greedy(cap)
-        if result is not None:
-            found_ratios.append((f"greedy, cap {cap}", *result))
+    for suffix, curves in curve_sets.items():
+        for cap in caps:
+            result = greedy(cap, curves)
+            if result is not None:
+                found_ratios.append((f"greedy{suffix}, cap {cap}", *result))
     for label, members in (("uniform", set(by_name)),
                            ("uniform units", {n for n, it in by_name.items() if not isinstance(it, CoupledGroup)})):
         result = uniform(members) if members else None
@@ -393,9 +461,11 @@ def allocate(model: nn.Module, found, items, criterion: str, inputs: torch.Tenso
             ratios, cost, r = result
             found_ratios.append((f"{label} {r:g}", ratios, cost))
     seconds = time.perf_counter() - started
-    sens = {name: [[r, float(kl)] for r, kl in curve] for name, curve in curves.items()}
+    sens = {name: [[r, float(kl)] for r, kl in curve] for name, curve in curve_sets[""].items()}
+    sens_restored = {name: [[r, float(kl)] for r, kl in curve]
+                     for name, curve in curve_sets.get(" (restored)", {}).items()}
     unique = {}
     for label, ratios, cost in found_ratios:  # the same allocation twice is measured once
         unique.setdefault(tuple(sorted(ratios.items())), (label, ratios, cost))
     return [Allocation(target, ratios, int(cost[0]), int(cost[1]), costs.flops_before, costs.params_before, sens,
-                       seconds, label) for label, ratios, cost in unique.values()]
+                       sens_restored, seconds, label) for label, ratios, cost in unique.values()]

@@ -87,7 +87,7 @@ _BASE: dict = {
         # the units pruned in every cell: null (the default units), "all" (every unit and coupled group: residual
         # streams etc.; only methods that support groups, i.e. prune), or a list of producer module names
         "units": None,
-        "budget": {},  # the budget's options (lbyl_pl.budget.BUDGET_DEFAULTS: inputs, ratios, max_ratio, step)
+        "budget": {},  # the budget's options (lbyl_pl.budget.BUDGET_DEFAULTS: inputs, ratios, caps, step)
         "variant": "paper",
         "solver": "shared",   # LBYL: shared | batched (float64) | reference (float32 per filter, as the reference)
         # here defaults() puts one table per registered method with a config_table (restore.lambdas for LBYL,

@@ -318,15 +318,16 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
                                                                 progress, seed))
         lap("energy")
 
-    def build(ratios, iterator=None):
-        """Stages 1-4 for one ratio (or one per unit)."""
+    def build(ratios, iterator=None, only=None):
+        """Stages 1-4 for one ratio (or one per unit); ``only``: that unit alone is pruned (a budget's measurement)."""
+        chosen = units if only is None else [only]
         with torch.no_grad():
-            kept_sets = select_stage(units, tensors_of, criterion, ratios, kept, energy)
-            plans, unit_reports, pruned_coefs = restore_stage(restorer, units, tensors_of, kept_sets, iterator)
+            kept_sets = select_stage(chosen, tensors_of, criterion, ratios, kept, energy)
+            plans, unit_reports, pruned_coefs = restore_stage(restorer, chosen, tensors_of, kept_sets, iterator)
             lap("solve")
             restored = apply_plans(model, plans)
             lap("surgery")
-        layer_rows = group_layer_rows(units, kept_sets)
+        layer_rows = group_layer_rows(chosen, kept_sets)
         refit_report = refine_stage(model, restored, {**kept_sets, **layer_rows}, options, refit_inputs,
                                     example_inputs, progress, seed)
         if refit_report is not None:
@@ -340,8 +341,13 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
                              "(prunable_units()), which the budget cannot cost")
         fit, held, _ = input_sets(model, options or check_refit_options({}), refit_inputs, None, example_inputs,
                                   seed, progress, "refit_inputs")
+        restored_kl = None
+        if budget_options["restored"] or (budget_options["restored"] is None and options is not None):
+            def restored_kl(item, item_ratio):  # one item pruned alone, restored by the method and the refit
+                one = build({u.name: (item_ratio if u is item else 0.0) for u in units}, only=item)
+                return _heldout_kl(model, one[4], one[6], held if held is not None else fit)
         candidates = allocate(model, found, units, criterion, fit[:budget_options["inputs"]], flops=flops,
-                              params=params, options=budget_options, progress=progress)
+                              params=params, options=budget_options, progress=progress, restored_kl=restored_kl)
         lap("budget")
         # decided by measurement: every candidate through the whole pipeline, scored on held-out distilled inputs
         best = None

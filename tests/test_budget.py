@@ -142,3 +142,22 @@ def test_ratio_and_budget_together_and_unknown_options_are_refused():
         prune_and_restore(model, "prune", units="all", example_inputs=X, flops=0.5, budget={"steps": 3})
     with pytest.raises(ValueError, match="budget= options need flops= or params="):
         prune_and_restore(model, "prune", units="all", example_inputs=X, budget={"step": 0.1})
+
+
+def test_sensitivity_replaying_the_unchanged_prefix_equals_full_forward_passes(monkeypatch):
+    """torchvision's ResNet writes into layer outputs in place (ReLU(inplace=True), ``out += identity``): the replayed
+    prefix must still give exactly the full passes' KLs."""
+    import torchvision
+
+    import lbyl_pl.budget as budget
+
+    torch.manual_seed(0)
+    model = randomized(torchvision.models.resnet18(num_classes=5))
+    x = torch.randn(3, 3, 32, 32)
+    items = prunable_units(model, x[:1], "all")
+    replayed = budget.sensitivity(model, items, x, "l2-norm", (0.25, 0.5))
+    monkeypatch.setattr(budget._PrefixCache, "forward", lambda self, m, inputs, changed: budget._forward(m, inputs))
+    full = budget.sensitivity(model, items, x, "l2-norm", (0.25, 0.5))
+    assert replayed == full and len(full) == 12
+    assert all(kl > 0 for curve in full.values() for _, kl in curve)
+    assert all("forward" not in vars(m) for m in model.modules())  # every replayed layer got its forward back

@@ -7,3 +7,7 @@ python benchmarks/budget_table.py resnet56 --flops 0.5,0.35 --csv results/budget
     --allocation-json results/budget/resnet56_allocation.json
 python benchmarks/budget_table.py vgg16_bn --flops 0.5,0.25 --csv results/budget/vgg16_bn.csv \
     --allocation-json results/budget/vgg16_bn_allocation.json
+python benchmarks/budget_report.py results/budget/resnet56.csv --allocation results/budget/resnet56_allocation.json \
+    --goals 0.5=89.0,0.35=85.0 > results/budget/resnet56.md
+python benchmarks/budget_report.py results/budget/vgg16_bn.csv --allocation results/budget/vgg16_bn_allocation.json \
+    --goals 0.5=87.0,0.25=83.0 > results/budget/vgg16_bn.md
