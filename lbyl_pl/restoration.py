@@ -55,8 +55,9 @@ class RestorationReport:
     params_after: int = 0
     flops_before: int = 0
     flops_after: int = 0
-    # wall time of this call by stage: trace (0 when discovery was cached), solve (selection and
-    # restoration), surgery, refit (distillation and refit, when asked for), count (params and FLOPs)
+    # wall time of this call by stage: trace (0 when discovery was cached), budget (a budget's sensitivity and
+    # candidates; the pipeline runs it makes count in their own stages), solve (selection and restoration),
+    # surgery, refit (distillation and refit, when asked for), count (params and FLOPs)
     seconds: dict = field(default_factory=dict)
     refit: RefitReport | None = None  # the network-level refit (prune_and_restore(refit=...)), else None
     allocation: Allocation | None = None  # a budget's choice (prune_and_restore(flops=...)), else None
@@ -241,8 +242,9 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
 
     A budget replaces the one ratio: ``flops=0.5`` keeps half of the original FLOPs (``params=`` likewise, both may
     be given), with a ratio per unit chosen without data (``lbyl_pl.budget``: each unit's sensitivity measured on
-    distilled inputs, then the cheapest steps in output KL per FLOP saved; ``budget`` holds its options, see
-    ``BUDGET_DEFAULTS``). The report's ``allocation`` and the spec's ``budget`` record the choice.
+    distilled inputs, greedy and uniform candidate allocations that meet the budget, each run through this whole
+    pipeline and the one with the lowest output KL on held-out distilled inputs kept; ``budget`` holds the options,
+    see ``BUDGET_DEFAULTS``). The report's ``allocation`` and the spec's ``budget`` record the choice.
 
     ``units="all"`` also prunes the coupled groups discovery finds (residual streams, concatenations, grouped
     convs; ``lbyl_pl.discover(...).groups``), on any network, built-ins included; methods that support them

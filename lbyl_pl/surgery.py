@@ -172,10 +172,31 @@ def _group_cuts(plans: list[GroupPlan]) -> tuple[dict, dict, dict]:
                                  f"the same number of channels, got {sorted(set(per_cell.values()))}")
         dropped = [c for c in range(group.n_channels) if c not in kept]
         for member in group.members:
+            _check_member(group, member)
             target = bns if member.role == "bn" else inputs if member.role == "in" else rows
             cut = target.setdefault(member.name, set())
             cut.update(i for c in dropped for i in member.positions[c])
     return rows, inputs, bns
+
+
+def _member_size(member) -> int:
+    """The size of the axis a coupled group's member is cut along."""
+    module = member.module
+    if member.role == "bn":
+        return module.num_features
+    if member.role == "in":
+        return module.weight.shape[1] * getattr(module, "groups", 1)
+    return module.weight.shape[0]
+
+
+def _check_member(group: CoupledGroup, member) -> None:
+    """Every member of a group carries all of its channels, inside its own axis."""
+    size = _member_size(member)
+    widest = max((i for p in member.positions for i in p), default=-1)
+    if len(member.positions) != group.n_channels or widest >= size:
+        raise ValueError(f"group {group.name!r}: member {member.name!r} ({member.role}) has {size} channels on that "
+                         f"axis and positions for {len(member.positions)} group channels reaching index {widest}; "
+                         f"allowed: positions for all {group.n_channels} channels, each below {size}")
 
 
 def apply_plans(model: nn.Module, plans: list) -> nn.Module:

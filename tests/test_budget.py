@@ -161,3 +161,19 @@ def test_sensitivity_replaying_the_unchanged_prefix_equals_full_forward_passes(m
     assert replayed == full and len(full) == 12
     assert all(kl > 0 for curve in full.values() for _, kl in curve)
     assert all("forward" not in vars(m) for m in model.modules())  # every replayed layer got its forward back
+
+
+def test_with_the_refit_candidates_also_come_from_sensitivities_after_restoration():
+    model = randomized(ResNetTiny(width=8))
+    inputs = torch.randn(24, 3, 8, 8)
+    restored, report = prune_and_restore(model, "prune", "l2-norm", units="all", example_inputs=X, flops=0.6,
+                                         refit=True, refit_inputs=inputs, budget={"inputs": 8, "ratios": (0.5,)})
+    allocation = report.allocation
+    assert set(allocation.sensitivity_restored) == set(allocation.sensitivity)
+    assert any("(restored)" in label for label in allocation.candidates)
+    assert allocation.heldout_kl == min(allocation.candidates.values())
+    assert report.flops_after / report.flops_before <= 0.6
+    _, without = prune_and_restore(model, "prune", "l2-norm", units="all", example_inputs=X, flops=0.6, refit=True,
+                                   refit_inputs=inputs, budget={"inputs": 8, "ratios": (0.5,), "restored": False})
+    assert not without.allocation.sensitivity_restored
+    assert not any("(restored)" in label for label in without.allocation.candidates)

@@ -197,3 +197,21 @@ def test_save_and_reload_a_pruned_residual_stream_onto_a_fresh_model(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded.eval()(x), restored.eval()(x))
     assert reloaded.block2.down[0].out_channels == restored.block2.down[0].out_channels == 8
+
+
+def test_a_group_whose_members_disagree_in_size_is_refused_before_anything_is_written():
+    from dataclasses import replace
+
+    model = randomized(ResNetTiny())
+    group = groups_of(model)["stem.0"]
+    bn = next(m for m in group.members if m.name == "block1.b.1")
+    short = replace(group, members=tuple(replace(m, positions=m.positions[:5]) if m is bn else m
+                                         for m in group.members))
+    with pytest.raises(ValueError, match=r"member 'block1.b.1' \(bn\) has 8 channels .* positions for 5 group "
+                                         r"channels .* allowed: positions for all 8 channels"):
+        apply_plans(model, [GroupPlan(short, [0, 1])])
+    wide = replace(group, members=tuple(replace(m, positions=tuple((i + 4,) for i in range(8))) if m is bn else m
+                                        for m in group.members))
+    with pytest.raises(ValueError, match=r"reaching index 11; allowed: .* each below 8"):
+        apply_plans(model, [GroupPlan(wide, [0, 1])])
+    assert model.stem[0].out_channels == 8  # the model is untouched
