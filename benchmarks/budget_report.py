@@ -1,7 +1,7 @@
 """Markdown tables of ``budget_table.py``'s CSV and allocation JSON (results/README.md, "FLOP budgets").
 
-    python benchmarks/budget_report.py results/budget/resnet56.csv --allocation results/budget/resnet56_allocation.json \\
-        --goals 0.5=89.0,0.35=85.0 > results/budget/resnet56.md
+    python benchmarks/budget_report.py results/budget/resnet56.csv \\
+        --allocation results/budget/resnet56_allocation.json --goals 0.5=89.0,0.35=85.0 > results/budget/resnet56.md
 """
 from __future__ import annotations
 
@@ -42,9 +42,9 @@ def main():
         print(f"| {target} | {label} | {r['ratio']} | {r['flops_kept']} | {r['params_kept']} | {r['acc1']} | {goal} | "
               f"{kl} | {r['lat_b1_ms']} / {r['lat_b64_ms']} |")
     for target, a in allocations.items():
-        print(f"\nAllocation at flops={target} (chosen: {a['label']}; every candidate's output KL on held-out distilled "
-              "inputs, the lowest is chosen: " + ", ".join(f"{k} {v:.4g}" for k, v in a["candidates"].items()) +
-              "):\n")
+        print(f"\nAllocation at flops={target} (chosen: {a['label']}; every candidate's output KL on held-out "
+              "distilled inputs, the lowest is chosen: " +
+              ", ".join(f"{k} {v:.4g}" for k, v in a["candidates"].items()) + "):\n")
         print("| unit or group | ratio | output KL pruned alone at " +
               " / ".join(str(r) for r, _ in next(iter(a["sensitivity"].values()))) + " |")
         print("|---|---|---|")

@@ -1,7 +1,8 @@
 """``check_units``: verify, unit by unit, that discovery's units can really be cut out of a network.
 
 For every unit (and coupled group, with ``units="all"``) a random half of its channels (seeded; in a group read by
-grouped convs, half of every block) is removed with plain pruning, on that unit alone, and the physically smaller network is compared with the original network whose consumers
+grouped convs, half of every block) is removed with plain pruning, on that unit alone, and the physically
+smaller network is compared with the original network whose consumers
 read zeros from those channels (their input columns set to 0, through the traced index mapping).
 The two must be the same function: anything else means the unit's channels are read somewhere
 discovery did not see, and restoring it would give a silently wrong network. The check needs no

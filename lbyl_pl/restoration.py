@@ -145,8 +145,8 @@ def select_stage(units, tensors_of, criterion: str, ratio, kept: dict | None,
                     unit_kept[0] < 0 or unit_kept[-1] >= n:
                 raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
         else:
-            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, unit_ratio, unit.count_rule), unit,
-                                    energy.get(unit.name) if energy is not None else None)
+            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, unit_ratio, unit.count_rule),
+                                    unit, energy.get(unit.name) if energy is not None else None)
         kept_sets[unit.name] = unit_kept
     return kept_sets
 
