@@ -11,7 +11,8 @@ allocation is decided by measurement on inputs distilled from the network (no da
    takes that step (KL interpolated between the measured ratios), until the budget is met, once per cap on any
    unit's ratio (``caps``; the KL of units pruned together is taken as the sum of their KLs alone, which holds for
    small steps and fails for large ones, hence several caps); and the smallest uniform ratio that meets the budget,
-   over all units and groups and over the single-producer units alone.
+   over all units and groups and over the single-producer units alone. With the refit on, every unit is also
+   measured pruned alone *and restored* (method and refit), and the greedy search runs on those curves too.
 3. *Choice*: ``prune_and_restore`` runs every candidate through the whole pipeline (restoration, and the refit when
    asked for) and keeps the one with the lowest output KL on held-out distilled inputs. On ResNet-56 the greedy
    allocation alone lost to uniform ratios (``results/README.md``, "FLOP budgets"): the measurement decides.
