@@ -230,6 +230,9 @@ def kept_at(item, criterion: str, ratio: float) -> list[int]:
                        item)
 
 
+SENSITIVITY_CHUNK = 8  # inputs per forward pass of the sensitivity measurement
+
+
 class _PrefixCache:
     """Outputs of the network's Conv2d/Linear/BatchNorm layers on the reference pass, replayed for every layer that
     runs before the first changed one: zeroing a unit's readers changes nothing the network computes before them, so
@@ -281,7 +284,9 @@ def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, r
     modules = dict(model.named_modules())
     curves = {}
     try:
-        cache = _PrefixCache(model, inputs)
+        # in chunks: measured on 2 cores, a ResNet-50 pass at 224 px costs 25 % more per image at batch 16 than at 8
+        caches = [(_PrefixCache(model, chunk), chunk) for chunk in inputs.split(SENSITIVITY_CHUNK)]
+        reference = torch.cat([cache.reference for cache, _ in caches])
         jobs = [(item, r) for item in items for r in ratios]
         bar = None
         if progress:
@@ -301,8 +306,9 @@ def sensitivity(model: nn.Module, items, inputs: torch.Tensor, criterion: str, r
                     saved.append((modules[reader], weight, weight.detach().clone()))
                     zero_inputs(modules[reader], columns)
                 try:
-                    logits = cache.forward(model, inputs, [m for m, _, _ in saved])
-                    curve.append((ratio, _score_logits(cache.reference, logits, "kl")))
+                    changed = [m for m, _, _ in saved]
+                    logits = torch.cat([cache.forward(model, chunk, changed) for cache, chunk in caches])
+                    curve.append((ratio, _score_logits(reference, logits, "kl")))
                 finally:
                     for _, weight, value in saved:
                         weight.copy_(value)
