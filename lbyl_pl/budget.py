@@ -33,6 +33,7 @@ from torch import nn
 from .checks import read_columns, zero_inputs
 from .distill import _forward
 from .score import _score_logits
+from .options import merged_options
 from .selection import (check_criterion, group_kept_count, kept_count, select_group_kept, select_kept)
 from .units import BN_TYPES, CoupledGroup, unit_tensors
 
@@ -61,14 +62,7 @@ def check_budget(value, label: str):
 
 
 def check_budget_options(options) -> dict:
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError(f"budget options must be a dict (keys: {', '.join(BUDGET_DEFAULTS)}), got {options!r}")
-    unknown = sorted(set(options) - set(BUDGET_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown budget option(s) {unknown}; allowed: {', '.join(BUDGET_DEFAULTS)}")
-    merged = {**BUDGET_DEFAULTS, **options}
+    merged = merged_options(options, BUDGET_DEFAULTS, "budget")
     if isinstance(merged["inputs"], bool) or not isinstance(merged["inputs"], int) or merged["inputs"] < 1:
         raise ValueError(f"budget option inputs must be a positive integer, got {merged['inputs']!r}")
     ratios = merged["ratios"]

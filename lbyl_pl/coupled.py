@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .traced_ops import (ACTIVATIONS, COMBINE_OPS, CONCAT, GROUPED, MAPPING, NEUTRAL_OPS, NOT_CHANNELWISE,
-                         OTHER_NORM, OTHER_NORMS, OUTPUT, REACHES_OUTPUT, REUSED, SPLIT, UNSUPPORTED, SkippedGroup,
-                         op_name)
+from .traced_ops import (ACTIVATIONS, COMBINE_OPS, GROUPED, MAPPING, NEUTRAL_OPS, NOT_CHANNELWISE, OTHER_NORM,
+                         OTHER_NORMS, OUTPUT, REUSED, UNSUPPORTED, SkippedGroup, never_prunable, op_name)
 from .units import BN_TYPES, CoupledGroup, GroupMember
 
 __all__ = ["coupled_group"]
@@ -62,12 +61,9 @@ def coupled_group(tp, graph, root: nn.Module, names: dict, calls: dict) -> Coupl
         if isinstance(module, tp.ops._ConcatOp):
             concat = True
             continue
-        if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._SliceOp)):
-            return skip(SPLIT, "its channels are split or sliced")
-        if isinstance(module, tp.ops._OutputOp):
-            return skip(REACHES_OUTPUT, "its channels are part of the network's output")
-        if isinstance(module, tp.ops._ExpandOp):
-            return skip(NOT_CHANNELWISE, "expand")
+        refused = never_prunable(tp, module)
+        if refused is not None:
+            return skip(*refused)
         if isinstance(module, tp.ops._ReshapeOp):
             continue  # a flatten: the index mapping below says which features each channel became
         if isinstance(module, tp.ops._ElementWiseOp):

@@ -32,8 +32,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .example_inputs import _input_shape, example_inputs_of, input_rejection
 from .coupled import coupled_group
 from .traced_ops import (ACTIVATIONS, BN_PLACEMENT, CONCAT, COUPLED, GROUPED, MAPPING, NEUTRAL_OPS,
-                         NOT_CHANNELWISE, OTHER_NORM, OTHER_NORMS, OUTPUT, REACHES_OUTPUT, RESHAPES, REUSED, SPLIT,
-                         UNSUPPORTED, SkippedGroup, idx_of, op_name)
+                         NOT_CHANNELWISE, OTHER_NORM, OTHER_NORMS, OUTPUT, RESHAPES, REUSED, UNSUPPORTED, SkippedGroup,
+                         idx_of, never_prunable, op_name)
 from .units import BN_TYPES, CoupledGroup, PrunableUnit
 
 __all__ = ["Discovery", "SkippedGroup", "discover", "discover_units", "example_inputs_of"]
@@ -247,12 +247,9 @@ def _classify(tp, graph, group, names, order, calls):
             continue
         if isinstance(module, tp.ops._ConcatOp):
             return skip(CONCAT, "its channels are concatenated with other tensors")
-        if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._SliceOp)):
-            return skip(SPLIT, "its channels are split or sliced")
-        if isinstance(module, tp.ops._OutputOp):
-            return skip(REACHES_OUTPUT, "its channels are part of the network's output")
-        if isinstance(module, tp.ops._ExpandOp):
-            return skip(NOT_CHANNELWISE, "expand")
+        refused = never_prunable(tp, module)
+        if refused is not None:
+            return skip(*refused)
         if isinstance(module, BN_TYPES):
             bn_nodes.append(node)
         elif isinstance(module, nn.Conv2d) and node.type == tp.ops.OPTYPE.DEPTHWISE_CONV:

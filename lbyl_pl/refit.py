@@ -40,6 +40,7 @@ from .distill import BN_FREE_MODES, STATS, _bn_layers, _forward, distill_inputs
 from .layer_fit import LayerFit, LayerJob, fittable, output_rows, sample_rows
 from .score import _score_logits
 from .spec import attach_spec, spec_of
+from .options import merged_options
 
 
 __all__ = ["REFIT_DEFAULTS", "LayerFit", "RefitReport", "check_refit_options", "distilled_inputs", "refit",
@@ -104,14 +105,7 @@ def refit_options(refit) -> dict | None:
 
 def check_refit_options(options: dict) -> dict:
     """The refit's options with defaults filled in; a bad name or value raises ``ValueError`` naming it."""
-    if options is None:
-        options = {}
-    if not isinstance(options, dict):
-        raise ValueError(f"refit options must be a dict, got {type(options).__name__}")
-    unknown = sorted(set(options) - set(REFIT_DEFAULTS))
-    if unknown:
-        raise ValueError(f"unknown refit option(s) {unknown}; allowed: {', '.join(REFIT_DEFAULTS)}")
-    out = dict(REFIT_DEFAULTS, **options)
+    out = merged_options(options, REFIT_DEFAULTS, "refit")
     for name in ("n", "heldout", "max_rows"):
         v = out[name]
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "heldout" else 1):

@@ -343,13 +343,14 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
                              "(prunable_units()), which the budget cannot cost")
         fit, held, _ = input_sets(model, options or check_refit_options({}), refit_inputs, None, example_inputs,
                                   seed, progress, "refit_inputs")
-        restored_kl = None
-        if budget_options["restored"] or (budget_options["restored"] is None and options is not None):
-            def restored_kl(item, item_ratio):  # one item pruned alone, restored by the method and the refit
-                one = build({u.name: (item_ratio if u is item else 0.0) for u in units}, only=item)
-                return _heldout_kl(model, one[4], one[6], held if held is not None else fit)
+        def restored_kl(item, item_ratio):  # one item pruned alone, restored by the method and the refit
+            one = build({u.name: (item_ratio if u is item else 0.0) for u in units}, only=item)
+            return _heldout_kl(model, one[4], one[6], held if held is not None else fit)
+
+        measure_restored = budget_options["restored"] or (budget_options["restored"] is None and options is not None)
         candidates = allocate(model, found, units, criterion, fit[:budget_options["inputs"]], flops=flops,
-                              params=params, options=budget_options, progress=progress, restored_kl=restored_kl)
+                              params=params, options=budget_options, progress=progress,
+                              restored_kl=restored_kl if measure_restored else None)
         lap("budget")
         # decided by measurement: every candidate through the whole pipeline, scored on held-out distilled inputs
         best = None

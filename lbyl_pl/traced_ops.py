@@ -49,6 +49,18 @@ OTHER_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d,
 COMBINE_OPS = {"AddBackward", "SubBackward", "MulBackward", "DivBackward"}
 
 
+def never_prunable(tp, module):
+    """``(reason, detail)`` when a traced op makes a channel group unprunable whatever else it holds (a split, the
+    network's output, an expand), else ``None``: one rule for units and coupled groups."""
+    if isinstance(module, (tp.ops._SplitOp, tp.ops._UnbindOp, tp.ops._SliceOp)):
+        return SPLIT, "its channels are split or sliced"
+    if isinstance(module, tp.ops._OutputOp):
+        return REACHES_OUTPUT, "its channels are part of the network's output"
+    if isinstance(module, tp.ops._ExpandOp):
+        return NOT_CHANNELWISE, "expand"
+    return None
+
+
 def op_name(grad_fn) -> str:
     return re.sub(r"\d+$", "", type(grad_fn).__name__) if grad_fn is not None else "?"
 
