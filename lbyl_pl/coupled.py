@@ -54,6 +54,7 @@ def coupled_group(tp, graph, root: nn.Module, names: dict, calls: dict) -> Coupl
     except Exception as err:  # the tracer's own index mapping failed on this group
         return skip(UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160])
     positions: dict[tuple, list[set]] = {}  # (module, role) -> per channel, its indices in the module
+    bn_after: dict[nn.Module, nn.Module] = {}  # a conv or linear -> the BN that reads its output directly
     ops, concat = set(), False
     for item in group:
         node, handler = item.dep.target, item.dep.handler
@@ -76,6 +77,9 @@ def coupled_group(tp, graph, root: nn.Module, names: dict, calls: dict) -> Coupl
             return skip(OTHER_NORM, f"{type(module).__name__} {names.get(module, '')}".strip())
         if isinstance(module, BN_TYPES):
             role = "bn"
+            sources = [i.module for i in node.inputs if isinstance(i.module, (nn.Conv2d, nn.Linear))]
+            if len(sources) == 1 and len(node.inputs) == 1:  # a BN reading one producer's output directly
+                bn_after[sources[0]] = module
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             if graph.is_out_channel_pruning_fn(handler):
                 role = "depthwise" if node.type == tp.ops.OPTYPE.DEPTHWISE_CONV else "out"
@@ -141,4 +145,6 @@ def coupled_group(tp, graph, root: nn.Module, names: dict, calls: dict) -> Coupl
     members.sort(key=lambda m: (m.module is not root, ("out", "depthwise", "bn", "in").index(m.role),
                                 order.get(m.module, 0)))
     producers = sum(1 for m in members if m.role == "out")
-    return CoupledGroup(name, n, tuple(members), _kind(producers, ops, concat, grouped), cells)
+    outs = {m.module for m in members if m.role == "out"}
+    bn_of = tuple((names[p], names[b]) for p, b in bn_after.items() if p in outs and (b, "bn") in positions)
+    return CoupledGroup(name, n, tuple(members), _kind(producers, ops, concat, grouped), cells, bn_of=bn_of)

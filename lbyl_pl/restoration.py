@@ -159,8 +159,9 @@ def restore_stage(restorer, units, tensors_of, kept_sets: dict, iterator=None):
     for unit in (iterator if iterator is not None else units):
         unit_kept = kept_sets[unit.name]
         n = unit.n_channels
-        if isinstance(unit, CoupledGroup):  # sliced in every member; the refit compensates (docs/refit.md)
-            plans.append(GroupPlan(unit, unit_kept))
+        if isinstance(unit, CoupledGroup):  # sliced in every member (or fused, Intra-Fusion); the refit compensates
+            producers, delivery = restorer.restore_group(unit, unit_kept)
+            plans.append(GroupPlan(unit, unit_kept, producers, delivery))
             unit_reports.append(UnitReport(unit.name, n, len(unit_kept), n - len(unit_kept), 0.0, 0.0, 0.0))
             continue
         restoration = restorer.restore_unit(unit, tensors_of(unit), unit_kept)

@@ -43,6 +43,10 @@ class UnitPlan:
 class GroupPlan:
     group: CoupledGroup
     kept: list[int]  # kept channels of the group (ascending), the same in every member
+    # a method that compensates (Intra-Fusion): new kept rows of producers (with their BN's values) by module name,
+    # and the (n, m) delivery matrix every reader receives at the group's positions; None: sliced only
+    producers: dict | None = None
+    delivery: torch.Tensor | None = None
 
 
 def selection_matrix(n: int, kept: list[int], device=None) -> torch.Tensor:
@@ -155,9 +159,24 @@ def _drop_inputs(module: nn.Module, weight: torch.Tensor, pruned: set[int]) -> t
     return weight.gather(1, index)
 
 
-def _group_cuts(plans: list[GroupPlan]) -> tuple[dict, dict, dict]:
-    """For coupled groups: module name -> pruned output rows, pruned input positions, pruned BN channels."""
-    rows, inputs, bns = {}, {}, {}
+def _deliver_group(weight: torch.Tensor, entries: list) -> torch.Tensor:
+    """A reader's weight with each group's delivery folded in at that group's positions (original coordinates, before
+    any position is dropped): the columns of kept channel ``j`` become ``sum_c S[c, j] U[:, positions[c]]``."""
+    w = weight.detach().to(torch.float64).clone()
+    for positions, delivery, kept in entries:
+        index = torch.as_tensor(positions, dtype=torch.long, device=w.device)  # (n, r)
+        n, r = index.shape
+        read = w[:, index.flatten()].reshape(w.shape[0], n, r, *w.shape[2:])
+        delivered = torch.einsum("onr...,nm->omr...", read, delivery.to(device=w.device, dtype=torch.float64))
+        target = index[torch.as_tensor(kept, dtype=torch.long, device=w.device)].flatten()
+        w[:, target] = delivered.reshape(w.shape[0], len(kept) * r, *w.shape[2:])
+    return w.to(weight.dtype)
+
+
+def _group_cuts(plans: list[GroupPlan]) -> tuple[dict, dict, dict, dict, dict, dict]:
+    """For coupled groups: module name -> pruned output rows, pruned input positions, pruned BN channels; and, for
+    groups a method compensated, producer name -> new rows, BN name -> new values, reader name -> deliveries."""
+    rows, inputs, bns, updates, bn_values, deliveries = {}, {}, {}, {}, {}, {}
     for plan in plans:
         group = plan.group
         kept = set(int(i) for i in plan.kept)
@@ -176,7 +195,19 @@ def _group_cuts(plans: list[GroupPlan]) -> tuple[dict, dict, dict]:
             target = bns if member.role == "bn" else inputs if member.role == "in" else rows
             cut = target.setdefault(member.name, set())
             cut.update(i for c in dropped for i in member.positions[c])
-    return rows, inputs, bns
+            if member.role == "in" and plan.delivery is not None:
+                if getattr(member.module, "groups", 1) != 1:
+                    raise ValueError(f"group {group.name!r}: a delivery into the grouped conv {member.name!r} is not "
+                                     "supported")
+                deliveries.setdefault(member.name, []).append((member.positions, plan.delivery, sorted(kept)))
+        bn_of = dict(group.bn_of)
+        for name, update in (plan.producers or {}).items():
+            updates[name] = update
+            if update.bn is not None:
+                if name not in bn_of:
+                    raise ValueError(f"group {group.name!r}: new BatchNorm values for {name!r}, which no BN reads")
+                bn_values[bn_of[name]] = update.bn
+    return rows, inputs, bns, updates, bn_values, deliveries
 
 
 def _member_size(member) -> int:
@@ -203,7 +234,8 @@ def apply_plans(model: nn.Module, plans: list) -> nn.Module:
     """Return a pruned deep copy of ``model`` (which is left untouched). ``plans``: ``UnitPlan``s and
     ``GroupPlan``s."""
     names = {id(m): n for n, m in model.named_modules()}
-    group_rows, group_inputs, group_bns = _group_cuts([p for p in plans if isinstance(p, GroupPlan)])
+    group_rows, group_inputs, group_bns, group_updates, group_bn_values, group_deliveries = \
+        _group_cuts([p for p in plans if isinstance(p, GroupPlan)])
     plans = [p for p in plans if not isinstance(p, GroupPlan)]
     out_kept: dict[str, torch.Tensor] = {}
     out_update: dict[str, ProducerUpdate] = {}
@@ -268,10 +300,19 @@ def apply_plans(model: nn.Module, plans: list) -> nn.Module:
         if name in group_rows:
             keep = torch.as_tensor([i for i in range(weight.shape[0]) if i not in group_rows[name]],
                                    dtype=torch.long, device=weight.device)
-            weight = weight[keep]
-            bias = bias[keep] if bias is not None else None
+            update = group_updates.get(name)
+            if update is not None:
+                _check_shape(name, update, len(keep), weight)
+                weight = update.weight.to(device=weight.device, dtype=weight.dtype)
+                bias = update.bias.to(device=weight.device, dtype=weight.dtype) if update.bias is not None else \
+                    (bias[keep] if bias is not None else None)
+            else:
+                weight = weight[keep]
+                bias = bias[keep] if bias is not None else None
         if name in in_delivery:
             weight = _apply_input_delivery(weight, *in_delivery[name])
+        if name in group_deliveries:
+            weight = _deliver_group(weight, group_deliveries[name])
         if name in group_inputs:
             weight = _drop_inputs(module, weight, group_inputs[name])
         _resize(module, weight, bias)
@@ -279,8 +320,15 @@ def apply_plans(model: nn.Module, plans: list) -> nn.Module:
         _slice_bn(pruned.get_submodule(name), kept, bn_values.get(name))
     for name, cut in group_bns.items():
         bn = pruned.get_submodule(name)
-        _slice_bn(bn, torch.as_tensor([i for i in range(bn.num_features) if i not in cut], dtype=torch.long))
+        _slice_bn(bn, torch.as_tensor([i for i in range(bn.num_features) if i not in cut], dtype=torch.long),
+                  group_bn_values.get(name))
     return pruned
+
+
+def _check_shape(name: str, update: ProducerUpdate, m: int, weight: torch.Tensor) -> None:
+    expected = (m, *weight.shape[1:])
+    if tuple(update.weight.shape) != expected:
+        raise ValueError(f"producer {name!r}: new weight has shape {tuple(update.weight.shape)}, expected {expected}")
 
 
 def _check_update(unit: PrunableUnit, update: ProducerUpdate, m: int) -> None:

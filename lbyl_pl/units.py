@@ -105,6 +105,7 @@ class CoupledGroup:
     kind: str = ""
     cells: tuple[int, ...] = ()
     count_rule: str = "floor"
+    bn_of: tuple[tuple[str, str], ...] = ()  # (producer, the BN that reads its output directly), by module name
 
     @property
     def producers(self) -> list[GroupMember]:

@@ -171,8 +171,9 @@ def test_units_all_prunes_groups_and_algebraic_methods_name_the_group():
     assert {u.name for u in report.units} >= {"stem.0", "block2.b.0", "block1.a.0"}
     assert restored.block1.b[0].out_channels == 4 and restored.block3.b[0].out_channels == 8
     assert restored(torch.randn(2, 3, 8, 8)).shape == (2, 5)
-    for method in ("lbyl", "merge", "fusion"):
-        with pytest.raises(ValueError, match=rf"method '{method}' restores single-producer units only.*'stem.0'"):
+    for method in ("lbyl", "merge"):
+        with pytest.raises(ValueError, match=rf"method '{method}' restores single-producer units only.*'stem.0'.*"
+                                             r"Methods that prune groups: prune, fusion"):
             prune_and_restore(model, method, "l1-norm", 0.5, units="all", example_inputs=X)
     with pytest.raises(ValueError, match="criterion 'IF-l1' scores single-producer units only"):
         prune_and_restore(model, "prune", "IF-l1", 0.5, units="all", example_inputs=X)
@@ -216,3 +217,37 @@ def test_a_group_whose_members_disagree_in_size_is_refused_before_anything_is_wr
     with pytest.raises(ValueError, match=r"reaching index 11; allowed: .* each below 8"):
         apply_plans(model, [GroupPlan(wide, [0, 1])])
     assert model.stem[0].out_channels == 8  # the model is untouched
+
+
+def test_intra_fusion_on_a_stream_is_exact_when_pruned_channels_duplicate_kept_ones():
+    """Channels 4-7 of the first residual stream copy channels 0-3 in every producer (conv rows and BN) and every
+    reader: the transport plan sends each onto its twin, and fusing (producer rows averaged, the readers' columns
+    summed) is the same function."""
+    model = randomized(ResNetTiny())
+    twins = [4, 5, 6, 7], [0, 1, 2, 3]
+    with torch.no_grad():
+        for conv, bn in ((model.stem[0], model.stem[1]), (model.block1.b[0], model.block1.b[1])):
+            conv.weight[twins[0]] = conv.weight[twins[1]]
+            for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var):
+                t[twins[0]] = t[twins[1]]
+        for reader in (model.block1.a[0], model.block2.a[0], model.block2.down[0]):
+            reader.weight[:, twins[0]] = reader.weight[:, twins[1]]
+    x = torch.randn(4, 3, 8, 8)
+    kept = {"stem.0": twins[1]}
+    restored, _ = prune_and_restore(model, "fusion", "l2-norm", units=["stem.0"], example_inputs=X, kept=kept,
+                                    variant="exact", producer="mean")
+    assert restored.stem[0].out_channels == restored.block1.b[0].out_channels == restored.block2.a[0].in_channels == 4
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), model(x), rtol=1e-5, atol=1e-5)
+    plain, _ = prune_and_restore(model, "prune", "l2-norm", units=["stem.0"], example_inputs=X, kept=kept)
+    with torch.no_grad():
+        assert (plain(x) - model(x)).abs().max() > 1e-3  # plain pruning loses the twins' contribution
+
+
+def test_intra_fusion_on_groups_runs_and_refuses_grouped_convs_with_the_reason():
+    model = randomized(ResNetTiny())
+    restored, report = prune_and_restore(model, "fusion", "l2-norm", 0.5, units="all", example_inputs=X)
+    assert restored(torch.randn(2, 3, 8, 8)).shape == (2, 5)
+    assert restored.block2.down[1].running_var.shape == (8,)  # every producer's BN holds its fused bias
+    with pytest.raises(ValueError, match=r"Intra-Fusion on group 'expand.0' .*grouped conv.*method='prune'"):
+        prune_and_restore(randomized(GroupedNet()), "fusion", "l2-norm", 0.5, units="all", example_inputs=X)

@@ -99,6 +99,11 @@ class RestorationMethod:
     def restore_unit(self, unit: PrunableUnit, tensors: UnitTensors, kept: list[int]) -> UnitRestoration:
         raise NotImplementedError
 
+    def restore_group(self, group, kept: list[int]):
+        """A coupled group's compensation (called only when ``supports_groups``): ``(new kept rows of producers by
+        module name, the (n, m) delivery matrix for every reader)``, or ``(None, None)``: the group is only sliced."""
+        return None, None
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hparams.items())
         return f"{type(self).__name__}(variant={self.variant!r}{', ' if args else ''}{args})"

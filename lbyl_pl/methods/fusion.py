@@ -30,6 +30,7 @@ consumer) of the L1 norm of a channel's weights. The BN fold and the consumer co
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import torch
 
@@ -97,25 +98,28 @@ class IntraFusion(RestorationMethod):
                        lambda value: check_int("max_iter", value)),
     )
 
-    def restore_unit(self, unit, tensors, kept):
-        n = unit.n_channels
-        weight, bias = folded_producer(unit, self.variant)  # float64, where the unit's weights are
-        features = torch.cat([weight, *consumer_columns(unit)], dim=1)
+    supports_groups = True
+
+    def _plan(self, features: torch.Tensor, kept: list[int], name: str) -> torch.Tensor:
+        n = features.shape[0]
         if len(kept) == n:  # nothing pruned: every neuron is its own target
-            T = selection_matrix(n, kept, device=weight.device).T
-        else:
-            T = transport_map(features, kept, p=self.hparams["cost_p"], max_iter=self.hparams["max_iter"],
-                              float32_cost=self.variant == "paper", name=unit.name)
+            return selection_matrix(n, kept, device=features.device).T
+        return transport_map(features, kept, p=self.hparams["cost_p"], max_iter=self.hparams["max_iter"],
+                             float32_cost=self.variant == "paper", name=name)
+
+    def _fuse(self, layer, bn, weight, bias, T) -> ProducerUpdate:
+        """The kept producer rows fused along ``T`` (k x n), and the BN left as an identity holding the fused bias
+        (module docstring, steps 4-5)."""
         producer_rows = T
         if self.hparams["producer"] == "mean":
             producer_rows = T / T.sum(dim=1, keepdim=True)
-        fused_weight = (producer_rows @ weight).reshape(len(kept), *unit.layer.weight.shape[1:])
+        m = T.shape[0]
+        fused_weight = (producer_rows @ weight).reshape(m, *layer.weight.shape[1:])
         fused_bias = producer_rows @ bias if bias is not None else None
         update = ProducerUpdate(fused_weight)
-        if unit.bn is not None:
-            m = len(kept)
-            eps = float(unit.bn.eps)
-            held_in_bn = unit.layer.bias is None  # the fused bias lives in the BN mean
+        if bn is not None:
+            eps = float(bn.eps)
+            held_in_bn = layer.bias is None  # the fused bias lives in the BN mean
             update.bn = {"weight": weight.new_ones(m), "bias": weight.new_zeros(m),
                          "running_mean": -fused_bias if held_in_bn else weight.new_zeros(m),
                          "running_var": weight.new_full((m,), 1.0 if self.variant == "paper" else 1.0 - eps)}
@@ -123,4 +127,38 @@ class IntraFusion(RestorationMethod):
                 update.bias = fused_bias
         elif fused_bias is not None:
             update.bias = fused_bias
-        return UnitRestoration(T.T.contiguous(), update)
+        return update
+
+    def restore_unit(self, unit, tensors, kept):
+        weight, bias = folded_producer(unit, self.variant)  # float64, where the unit's weights are
+        T = self._plan(torch.cat([weight, *consumer_columns(unit)], dim=1), kept, unit.name)
+        return UnitRestoration(T.T.contiguous(), self._fuse(unit.layer, unit.bn, weight, bias, T))
+
+    def restore_group(self, group, kept):
+        """A coupled group (``docs/groups_and_budgets.md`` §3): one plan from the features of every producer (BN
+        folded where a BN reads it directly) and every reader; each producer's kept rows fused along it, every reader
+        receiving ``S = T^T`` at the group's positions. BNs that read the channels elsewhere (a concatenation's
+        readers) and depthwise convs are sliced. Returns ``(new rows by producer name, S)``."""
+        if group.cells:
+            raise ValueError(f"Intra-Fusion on group {group.name!r} ({group.kind}): a transport plan would mix the "
+                             "channels of different groups of a grouped conv; use method='prune' (with refit=True)")
+        bn_of = dict(group.bn_of)
+        modules = {m.name: m.module for m in group.members}
+        folded, features = [], []
+        for member in group.producers:
+            rows = torch.as_tensor([p[0] for p in member.positions], dtype=torch.long,
+                                   device=member.module.weight.device)
+            source = SimpleNamespace(layer=member.module, bn=modules.get(bn_of.get(member.name)), name=member.name)
+            weight, bias = folded_producer(source, self.variant)
+            weight, bias = weight[rows], (bias[rows] if bias is not None else None)
+            folded.append((member, source.bn, weight, bias))
+            features.append(weight.to(rows.device))
+        for member in group.members:
+            if member.role == "in":
+                U = member.module.weight.detach().to(torch.float64)
+                index = torch.as_tensor(member.positions, dtype=torch.long, device=U.device)  # (n, r)
+                read = U[:, index.flatten()].reshape(U.shape[0], *index.shape, *U.shape[2:])
+                features.append(read.movedim(1, 0).reshape(group.n_channels, -1).to(features[0].device))
+        T = self._plan(torch.cat(features, dim=1), kept, group.name)
+        updates = {member.name: self._fuse(member.module, bn, weight, bias, T) for member, bn, weight, bias in folded}
+        return updates, T.T.contiguous()
