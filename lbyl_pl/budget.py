@@ -35,7 +35,7 @@ from .distill import _forward
 from .score import _score_logits
 from .options import merged_options
 from .selection import (check_criterion, group_kept_count, kept_count, select_group_kept, select_kept)
-from .units import BN_TYPES, CoupledGroup, unit_tensors
+from .units import BN_TYPES, CoupledGroup, module_names, unit_tensors
 
 __all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budget", "check_budget_options"]
 
@@ -129,6 +129,7 @@ class CostModel:
         self.flops_before = int(found.flops)
         self.params_before = sum(p.numel() for p in model.parameters())
         modules = dict(model.named_modules())
+        names = module_names(model)
         self.items = list(items)
         self.touch: dict[str, list[tuple[str, str, int]]] = {}  # item -> (module name, axis, positions per channel)
         for item in self.items:
@@ -140,7 +141,7 @@ class CostModel:
             else:
                 touches.append((item.name, "out", 1))
                 if item.bn is not None:
-                    touches.append((_name(model, item.bn), "bn", 1))
+                    touches.append((names[id(item.bn)], "bn", 1))
                 for module, mname in zip(item.passthrough, item.passthrough_names):
                     touches.append((mname, "bn" if isinstance(module, BN_TYPES) else "out", 1))
                 for mname, r in zip(item.consumer_names, item.features_per_channel):
@@ -199,13 +200,6 @@ class CostModel:
             flops += f1 - f0
             params += p1 - p0
         return flops, params
-
-
-def _name(model: nn.Module, module: nn.Module) -> str:
-    for name, m in model.named_modules():
-        if m is module:
-            return name
-    raise ValueError("a unit refers to a module outside the model")  # pragma: no cover
 
 
 def pruned_count(item, ratio: float) -> int:

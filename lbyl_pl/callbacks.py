@@ -16,8 +16,8 @@ rank holds the same network. ``refit=True`` (or a dict of options) refits the pr
 distilled from the network (``lbyl_pl.refit``; no data is read, ``seed`` seeds the distillation). A budget may
 replace the one ratio: ``flops=0.5`` keeps half of the original FLOPs (``params=`` likewise; ``budget=`` its
 options, ``lbyl_pl.budget.BUDGET_DEFAULTS``), each unit's ratio chosen without data (``prune_and_restore``);
-``units="all"`` also prunes the coupled groups (method ``prune``). The report (coefficient statistics,
-params/FLOPs, ``restore/flops_kept`` with a budget, the refit's output error) goes to the logger.
+``units="all"`` also prunes the coupled groups (methods ``prune`` and ``fusion``). The report (coefficient
+statistics, params/FLOPs, ``restore/flops_kept`` with a budget, the refit's output error) goes to the logger.
 Checkpoints carry the spec; ``load_restored_checkpoint`` reloads them into the pruned shapes.
 
 Restoration runs on the network's device (a network on a GPU is restored there, never moved to the CPU and

@@ -248,8 +248,9 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     see ``BUDGET_DEFAULTS``). The report's ``allocation`` and the spec's ``budget`` record the choice.
 
     ``units="all"`` also prunes the coupled groups discovery finds (residual streams, concatenations, grouped
-    convs; ``lbyl_pl.discover(...).groups``), on any network, built-ins included; methods that support them
-    (``prune``) slice them and ``refit=True`` compensates at their readers; the others raise, naming the group.
+    convs; ``lbyl_pl.discover(...).groups``), on any network, built-ins included; ``prune`` slices them,
+    ``fusion`` fuses them along one transport plan, ``refit=True`` compensates at their readers; LBYL and NM
+    raise, naming the group.
 
     Restoration runs where ``model`` is: a network on a GPU is restored there, and ``restored`` lives on the
     devices of ``model``'s parameters (selection, a ranking of a few scores, and Intra-Fusion's transport

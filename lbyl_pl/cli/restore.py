@@ -5,9 +5,9 @@ restore.refit=both adds each method with the refit of the pruned layers on input
 
 restore.flops=[0.5] adds a row "flops 0.5" (every method and criterion) whose network keeps half of the
 original FLOPs, a ratio per unit chosen without data (lbyl_pl.budget; restore.budget: inputs, ratios,
-caps, step; its inputs are distilled from the network's BatchNorm statistics, with restore.refit_options
+caps, step, restored; its inputs are distilled from the network's BatchNorm statistics, with restore.refit_options
 when the refit is on); its row records the FLOPs measured (flops_kept). restore.units=all prunes every unit and
-coupled group (residual streams etc.; method prune only) in every cell; null keeps the default units."""
+coupled group (residual streams etc.; methods prune and fusion) in every cell; null keeps the default units."""
 from __future__ import annotations
 
 import sys
