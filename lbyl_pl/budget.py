@@ -225,19 +225,23 @@ class _PrefixCache:
     """Outputs of the network's Conv2d/Linear/BatchNorm layers on the reference pass, replayed for every layer that
     runs before the first changed one: zeroing a unit's readers changes nothing the network computes before them, so
     a measurement pays only for the rest of the network (about half of it, on average). Layers called more than once
-    are never replayed; outputs are copied in and out, since in-place ops downstream (``ReLU(inplace=True)``,
-    ``out += identity``) write into them. Costs the memory of those layers' outputs on the inputs."""
+    are never replayed. An output that an in-place op downstream wrote into on the reference pass
+    (``ReLU(inplace=True)``, ``out += identity``; seen in its version counter) is kept as it was and handed out as a
+    copy; any other is handed out as it is. Costs the memory of those layers' outputs on the inputs."""
 
     def __init__(self, model: nn.Module, inputs: torch.Tensor):
         self.outputs: dict[nn.Module, torch.Tensor] = {}
+        self.written: set[nn.Module] = set()  # outputs an in-place op wrote into: replayed as copies
         self.order: dict[nn.Module, int] = {}
         calls: dict[nn.Module, int] = {}
+        seen: dict[nn.Module, tuple] = {}
 
         def record(module, args, output):
             calls[module] = calls.get(module, 0) + 1
             if isinstance(output, torch.Tensor):
                 self.order.setdefault(module, len(self.order))
-                self.outputs[module] = output.clone()  # later in-place ops (ReLU(inplace), +=) write into it
+                seen[module] = (output, output._version)
+                self.outputs[module] = output.clone()
 
         layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear, *BN_TYPES))]
         hooks = [m.register_forward_hook(record) for m in layers]
@@ -246,6 +250,11 @@ class _PrefixCache:
         finally:
             for h in hooks:
                 h.remove()
+        for module, (output, version) in seen.items():
+            if output._version != version:
+                self.written.add(module)
+            else:
+                self.outputs[module] = output  # nothing writes into it: the pass's own tensor, no second copy
         for module, count in calls.items():
             if count > 1:
                 self.outputs.pop(module, None)
@@ -255,7 +264,9 @@ class _PrefixCache:
         first = min((self.order.get(m, 0) for m in changed), default=0)
         replayed = [m for m, i in self.order.items() if i < first and m in self.outputs]
         for module in replayed:
-            module.forward = (lambda cached: (lambda *args, **kwargs: cached.clone()))(self.outputs[module])
+            cached = self.outputs[module]
+            module.forward = (lambda t: (lambda *args, **kwargs: t.clone()))(cached) if module in self.written \
+                else (lambda t: (lambda *args, **kwargs: t))(cached)
         try:
             return _forward(model, inputs)
         finally:
