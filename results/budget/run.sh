@@ -11,3 +11,6 @@ python benchmarks/budget_report.py results/budget/resnet56.csv --allocation resu
     --goals 0.5=89.0,0.35=85.0 > results/budget/resnet56.md
 python benchmarks/budget_report.py results/budget/vgg16_bn.csv --allocation results/budget/vgg16_bn_allocation.json \
     --goals 0.5=87.0,0.25=83.0 > results/budget/vgg16_bn.md
+# the same budget through the restore.py entry point (distillation included; results/budget/restore_py/)
+python restore.py --config configs/resnet56_cifar10.yaml "restore.methods=[prune]" "restore.ratios=[]" \
+    "restore.flops=[0.5]" restore.units=all restore.refit=true output_dir=results/budget/restore_py
