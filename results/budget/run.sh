@@ -11,6 +11,7 @@ python benchmarks/budget_report.py results/budget/resnet56.csv --allocation resu
     --goals 0.5=89.0,0.35=85.0 > results/budget/resnet56.md
 python benchmarks/budget_report.py results/budget/vgg16_bn.csv --allocation results/budget/vgg16_bn_allocation.json \
     --goals 0.5=87.0,0.25=83.0 > results/budget/vgg16_bn.md
-# the same budget through the restore.py entry point (distillation included; results/budget/restore_py/)
+# the same budget through the restore.py entry point (distillation included). The committed results/budget/restore_py/
+# files were written with output_dir=/tmp/r56_budget (its config.yaml says so) and copied there with the printed log
 python restore.py --config configs/resnet56_cifar10.yaml "restore.methods=[prune]" "restore.ratios=[]" \
     "restore.flops=[0.5]" restore.units=all restore.refit=true output_dir=results/budget/restore_py
