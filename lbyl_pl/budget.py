@@ -34,7 +34,7 @@ from .checks import read_columns, zero_inputs
 from .distill import _forward
 from .score import _score_logits
 from .options import merged_options
-from .selection import (check_criterion, group_kept_count, kept_count, select_group_kept, select_kept)
+from .selection import check_criterion, item_kept_count, select_item_kept
 from .units import BN_TYPES, CoupledGroup, module_names, unit_tensors
 
 __all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budget", "check_budget_options"]
@@ -130,9 +130,8 @@ class CostModel:
         self.params_before = sum(p.numel() for p in model.parameters())
         modules = dict(model.named_modules())
         names = module_names(model)
-        self.items = list(items)
         self.touch: dict[str, list[tuple[str, str, int]]] = {}  # item -> (module name, axis, positions per channel)
-        for item in self.items:
+        for item in items:
             touches = []
             if isinstance(item, CoupledGroup):
                 for m in item.members:
@@ -169,12 +168,8 @@ class CostModel:
     def delta(self, cuts: dict, item_name: str, count: int) -> tuple[int, int]:
         """Change of ``(FLOPs, params)`` when item ``item_name`` loses ``count`` more channels, from the state
         ``cuts`` (module name -> [output cut, input cut]; see ``cut``)."""
-        changes: dict[str, list[int]] = {}
-        for name, axis, r in self.touch[item_name]:
-            change = changes.setdefault(name, [0, 0])
-            change[1 if axis == "in" else 0] += count * r
         dflops = dparams = 0
-        for name, (d_out, d_in) in changes.items():
+        for name, (d_out, d_in) in self.cut({}, item_name, count).items():
             out_cut, in_cut = cuts.get(name, (0, 0))
             f0, p0 = self._module_cost(name, out_cut, in_cut)
             f1, p1 = self._module_cost(name, out_cut + d_out, in_cut + d_in)
@@ -182,11 +177,13 @@ class CostModel:
             dparams += p1 - p0
         return dflops, dparams
 
-    def cut(self, cuts: dict, item_name: str, count: int) -> None:
-        """Record in ``cuts`` that item ``item_name`` loses ``count`` more channels."""
+    def cut(self, cuts: dict, item_name: str, count: int) -> dict:
+        """Record in ``cuts`` (module name -> [output cut, input cut]) that item ``item_name`` loses ``count`` more
+        channels; returns ``cuts``."""
         for name, axis, r in self.touch[item_name]:
             cut = cuts.setdefault(name, [0, 0])
             cut[1 if axis == "in" else 0] += count * r
+        return cuts
 
     def cost(self, pruned: dict[str, int]) -> tuple[int, int]:
         """``(FLOPs, params)`` of the network with ``pruned[name]`` channels removed from each unit or group."""
@@ -204,18 +201,13 @@ class CostModel:
 
 def pruned_count(item, ratio: float) -> int:
     """Channels an item loses at ``ratio`` (the counting rule of its selection)."""
-    if ratio <= 0.0:
-        return 0
-    if isinstance(item, CoupledGroup):
-        return item.n_channels - group_kept_count(item, ratio)
-    return item.n_channels - kept_count(item.n_channels, ratio, item.count_rule)
+    return 0 if ratio <= 0.0 else item.n_channels - item_kept_count(item, ratio)
 
 
 def kept_at(item, criterion: str, ratio: float) -> list[int]:
-    if isinstance(item, CoupledGroup):
-        return select_group_kept(item, criterion, group_kept_count(item, ratio))
-    return select_kept(unit_tensors(item).weight, criterion, kept_count(item.n_channels, ratio, item.count_rule),
-                       item)
+    """The kept set selection gives ``item`` at ``ratio`` (as ``prune_and_restore`` would)."""
+    weight = None if isinstance(item, CoupledGroup) else unit_tensors(item).weight
+    return select_item_kept(item, criterion, ratio, weight)
 
 
 SENSITIVITY_CHUNK = 8  # inputs per forward pass of the sensitivity measurement

@@ -13,8 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .budget import Allocation, allocate, check_budget, check_budget_options
 from .methods import METHODS, make_method
 from .energy import channel_energy
-from .selection import (CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, group_kept_count, kept_count,
-                        select_group_kept, select_kept)
+from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, select_item_kept
 from .surgery import GroupPlan, UnitPlan, apply_plans, selection_matrix
 from .discovery import discover
 from .distill import _forward
@@ -136,17 +135,15 @@ def select_stage(units, tensors_of, criterion: str, ratio, kept: dict | None,
     for unit in units:
         n = unit.n_channels
         unit_ratio = ratio[unit.name] if isinstance(ratio, dict) else ratio
-        if isinstance(unit, CoupledGroup) and not (kept is not None and unit.name in kept):
-            kept_sets[unit.name] = select_group_kept(unit, criterion, group_kept_count(unit, unit_ratio))
-            continue
         if kept is not None and unit.name in kept:
             unit_kept = sorted(int(i) for i in kept[unit.name])
             if len(set(unit_kept)) != len(unit_kept) or not unit_kept or \
                     unit_kept[0] < 0 or unit_kept[-1] >= n:
                 raise ValueError(f"kept indices for {unit.name!r} must be distinct and in [0, {n})")
         else:
-            unit_kept = select_kept(tensors_of(unit).weight, criterion, kept_count(n, unit_ratio, unit.count_rule),
-                                    unit, energy.get(unit.name) if energy is not None else None)
+            weight = None if isinstance(unit, CoupledGroup) else tensors_of(unit).weight
+            unit_kept = select_item_kept(unit, criterion, unit_ratio, weight,
+                                         energy.get(unit.name) if energy is not None else None)
         kept_sets[unit.name] = unit_kept
     return kept_sets
 

@@ -16,10 +16,10 @@ import math
 
 import torch
 
-from .units import all_finite, consumer_columns, folded_producer
+from .units import CoupledGroup, all_finite, consumer_columns, folded_producer
 
-__all__ = ["CRITERIA", "DEFAULT_RATIO", "kept_count", "group_kept_count", "select_kept", "select_group_kept",
-           "criterion_scores", "register_criterion"]
+__all__ = ["CRITERIA", "DEFAULT_RATIO", "kept_count", "group_kept_count", "item_kept_count", "select_kept",
+           "select_group_kept", "select_item_kept", "criterion_scores", "register_criterion"]
 
 # The pruning ratio when none is given: prune_and_restore, RestoreCallback (and retarget) and the configs'
 # restore.ratios / finetune.ratio all take it from here.
@@ -227,3 +227,20 @@ def select_group_kept(group, criterion: str, n_keep: int) -> list[int]:
             taken[cells[i]] = taken.get(cells[i], 0) + 1
             kept.append(i)
     return sorted(kept)
+
+
+def item_kept_count(item, ratio: float) -> int:
+    """Channels a unit (its count rule) or a coupled group (the same number per block) keeps at ``ratio``."""
+    if isinstance(item, CoupledGroup):
+        return group_kept_count(item, ratio)
+    return kept_count(item.n_channels, ratio, item.count_rule)
+
+
+def select_item_kept(item, criterion: str, ratio: float, weight: torch.Tensor | None = None,
+                     energy: torch.Tensor | None = None) -> list[int]:
+    """Kept channels of a unit or a coupled group at ``ratio``. ``weight``: a unit's ``(n, d)`` producer matrix
+    (``lbyl_pl.units.unit_tensors``; unused for a group, which scores its producers itself); ``energy``: for criteria
+    that read inputs."""
+    if isinstance(item, CoupledGroup):
+        return select_group_kept(item, criterion, group_kept_count(item, ratio))
+    return select_kept(weight, criterion, kept_count(item.n_channels, ratio, item.count_rule), item, energy)
