@@ -21,7 +21,6 @@ KL on held-out distilled inputs before and after the refit, the CPU latency at b
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import latency_ms, set_thread_env  # noqa: E402
-from refit_table import RUNS, cache_on_disk, eval_set, load_net  # noqa: E402
+from refit_table import RUNS, appending_rows, cache_on_disk, eval_set, load_net, measured_keys  # noqa: E402
 
 FIELDS = ["net", "target_flops", "allocation", "method", "criterion", "ratio", "flops_kept", "params_kept", "acc1",
           "kl_before", "kl_after", "lat_b1_ms", "lat_b64_ms", "restore_s", "budget_s"]
@@ -80,11 +79,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if path.is_file() and path.stat().st_size:
-        with path.open() as f:
-            done = {(r["target_flops"], r["allocation"]) for r in csv.DictReader(f)}
+    done = measured_keys(path, ("target_flops", "allocation"))
     net = load_net(args.net)
     cache_on_disk(args.net, Path(args.cache_dir))
     data, _ = eval_set(args.net, "test")
@@ -93,11 +88,7 @@ def main():
     allocations = json.loads(Path(args.allocation_json).read_text()) \
         if args.allocation_json and Path(args.allocation_json).is_file() else {}
     cells = [("1.0", "original")] + [(t, a) for t in args.flops.split(",") for a in args.allocations.split(",")]
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        if new:
-            writer.writeheader()
+    with appending_rows(path, FIELDS) as (f, writer):
         for target, allocation in cells:
             if (target, allocation) in done:
                 continue

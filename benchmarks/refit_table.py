@@ -24,6 +24,7 @@ The refit reads no data unless ``--refit real``: its inputs are distilled from t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -91,6 +92,27 @@ def eval_set(name: str, split: str):
     return ArrayImageDataset(*load_cifar10_npz(None, "test"), mean, std), real
 
 
+def measured_keys(path: Path, key_fields: tuple) -> set:
+    """The ``key_fields`` tuples of the rows already in the CSV at ``path`` (a resumable table measures only the
+    others); creates the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.is_file() or not path.stat().st_size:
+        return set()
+    with path.open() as f:
+        return {tuple(r[k] for k in key_fields) for r in csv.DictReader(f)}
+
+
+@contextlib.contextmanager
+def appending_rows(path: Path, fields: list):
+    """A ``csv.DictWriter`` appending to ``path``, the header written first when the file is new or empty."""
+    new = not path.is_file() or path.stat().st_size == 0
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fields)
+        if new:
+            writer.writeheader()
+        yield f, writer
+
+
 def cache_on_disk(name: str, folder: Path) -> None:
     """Keep the refit's distilled inputs on disk, so that separate runs on one network distil each set once
     (``lbyl_pl.distill`` caches in memory only, per process)."""
@@ -140,12 +162,7 @@ def main():
     torch.set_num_threads(args.threads)
 
     path = Path(args.csv)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if path.is_file() and path.stat().st_size:
-        with path.open() as f:
-            done = {tuple(r[k] for k in ("net", "split", "method", "criterion", "ratio", "refit", "options"))
-                    for r in csv.DictReader(f)}
+    done = measured_keys(path, ("net", "split", "method", "criterion", "ratio", "refit", "options"))
     net = load_net(args.net)
     cache_on_disk(args.net, Path(args.cache_dir))
     data, real = eval_set(args.net, args.split)
@@ -156,11 +173,7 @@ def main():
     original_key = (args.net, args.split, "original", "-", "0.0", "none", "{}")
     if original_key not in done:
         cells.insert(0, ("original", "-", 0.0, "none", "{}"))
-    new = not path.is_file() or path.stat().st_size == 0
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
-        if new:
-            writer.writeheader()
+    with appending_rows(path, FIELDS) as (f, writer):
         for method, criterion, ratio, mode, options in tqdm(cells, desc=args.net, unit="cell"):
             key = (args.net, args.split, method, criterion, str(ratio), mode, options)
             if key in done:
