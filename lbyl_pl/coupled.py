@@ -40,19 +40,16 @@ def _kind(producers: int, ops: set, concat: bool, grouped: bool) -> str:
     return ", ".join(parts) or "single producer"
 
 
-def coupled_group(tp, graph, root: nn.Module, names: dict, calls: dict) -> CoupledGroup | SkippedGroup:
-    """The coupled group rooted at ``root``'s output channels, or the reason it cannot be pruned."""
+def coupled_group(tp, graph, group, names: dict, calls: dict) -> CoupledGroup | SkippedGroup:
+    """The coupled group that ``group`` (the tracer's pruning group of a root producer's every output channel)
+    describes, or the reason it cannot be pruned."""
+    root = group[0].dep.target.module
     name = names.get(root, type(root).__name__)
 
     def skip(reason, detail=""):
         return SkippedGroup(name, reason, detail)
 
     n = root.weight.shape[0]
-    prune_out = tp.prune_conv_out_channels if isinstance(root, nn.Conv2d) else tp.prune_linear_out_channels
-    try:
-        group = graph.get_pruning_group(root, prune_out, list(range(n)))
-    except Exception as err:  # the tracer's own index mapping failed on this group
-        return skip(UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160])
     positions: dict[tuple, list[set]] = {}  # (module, role) -> per channel, its indices in the module
     bn_after: dict[nn.Module, nn.Module] = {}  # a conv or linear -> the BN that reads its output directly
     ops, concat = set(), False

@@ -188,14 +188,13 @@ def _discover(model: nn.Module, example_inputs) -> Discovery:
         if depthwise:  # carried by the unit or group of the conv that feeds it, never a root of its own
             skipped.append(SkippedGroup(names[module], GROUPED, "depthwise"))
             continue
-        result = None
+        prune_out = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
+        try:  # traced once per root, read by both the unit rules and the coupled-group rules
+            group = graph.get_pruning_group(module, prune_out, list(range(module.weight.shape[0])))
+        except Exception as err:  # the tracer's own index mapping failed on this group
+            skipped.append(SkippedGroup(names[module], UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160]))
+            continue
         if not (isinstance(module, nn.Conv2d) and module.groups != 1):
-            prune_out = tp.prune_conv_out_channels if isinstance(module, nn.Conv2d) else tp.prune_linear_out_channels
-            try:
-                group = graph.get_pruning_group(module, prune_out, list(range(module.weight.shape[0])))
-            except Exception as err:  # the tracer's own index mapping failed on this group
-                skipped.append(SkippedGroup(names[module], UNSUPPORTED, f"tracer: {type(err).__name__}: {err}"[:160]))
-                continue
             result = _classify(tp, graph, group, names, order, calls)
             if isinstance(result, PrunableUnit):
                 units.append(result)
@@ -204,15 +203,14 @@ def _discover(model: nn.Module, example_inputs) -> Discovery:
             skipped.append(SkippedGroup(names[module], COUPLED, coupled_with[module]))
             continue
         # not a unit: a coupled group (residual stream, concatenation, grouped conv), or skipped with the reason
-        found = coupled_group(tp, graph, module, names, calls)
+        found = coupled_group(tp, graph, group, names, calls)
         if isinstance(found, CoupledGroup):
             groups.append(found)
             for member in found.producers:
                 member_of[member.module] = found.name
             continue
         skipped.append(found)  # why the channels cannot be pruned even as a group
-        for item in graph.get_pruning_group(module, tp.prune_conv_out_channels if isinstance(module, nn.Conv2d)
-                                            else tp.prune_linear_out_channels, [0]):
+        for item in group:
             other = item.dep.target.module
             if other is not module and isinstance(other, (nn.Conv2d, nn.Linear)) and \
                     graph.is_out_channel_pruning_fn(item.dep.handler):
