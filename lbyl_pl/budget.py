@@ -34,10 +34,11 @@ from .checks import read_columns, zero_inputs
 from .distill import _forward
 from .score import _score_logits
 from .options import merged_options
-from .selection import check_criterion, item_kept_count, select_item_kept
+from .selection import DEFAULT_RATIO, check_criterion, check_ratio, item_kept_count, select_item_kept
 from .units import BN_TYPES, CoupledGroup, module_names, unit_tensors
 
-__all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budget", "check_budget_options"]
+__all__ = ["BUDGET_DEFAULTS", "Allocation", "CostModel", "allocate", "check_budget", "check_budget_options",
+           "check_target"]
 
 BUDGET_DEFAULTS = {
     "inputs": 16,                    # distilled inputs the sensitivity is measured on (the refit's fit set, first ones)
@@ -59,6 +60,24 @@ def check_budget(value, label: str):
         raise ValueError(f"{label} must be the fraction of the original {label} to keep, a number in (0, 1]; "
                          f"got {value!r}")
     return float(value)
+
+
+def check_target(ratio, flops, params, budget) -> tuple:
+    """A call's target, checked: one ratio, or a budget (``flops=`` and/or ``params=``, fractions of the original to
+    keep, ``budget`` its options) that replaces the default ratio; a ratio other than the default beside a budget,
+    or options without a budget, is an error. Returns ``(ratio, None, None, None)``, or ``(None, flops, params,
+    the checked budget options)``. ``prune_and_restore`` and ``RestoreCallback`` both check with it."""
+    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
+    budgeted = flops is not None or params is not None
+    if budgeted and ratio is not None and ratio != DEFAULT_RATIO:
+        raise ValueError(f"give ratio= or a budget (flops=/params=), not both; got ratio={ratio!r} and "
+                         f"flops={flops!r}, params={params!r}")
+    if budget is not None and not budgeted:
+        raise ValueError("budget= options need flops= or params=")
+    if budgeted:
+        return None, flops, params, check_budget_options(budget)
+    check_ratio(ratio)
+    return ratio, None, None, None
 
 
 def check_budget_options(options) -> dict:

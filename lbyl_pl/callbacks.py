@@ -31,12 +31,12 @@ import torch
 from pytorch_lightning import Callback
 from pytorch_lightning.utilities import rank_zero_only
 
-from .budget import check_budget, check_budget_options
+from .budget import check_target
 from .methods import make_method
 from .checkpoints import read_checkpoint
 from .refit import refit_options
 from .restoration import prune_and_restore, restore_from_spec
-from .selection import DEFAULT_RATIO, check_criterion, check_ratio
+from .selection import DEFAULT_RATIO, check_criterion
 from .spec import RESTORE_KEY, attach_spec, checkpoint_entries, restored_submodule, spec_of, state_dict_and_spec
 
 __all__ = ["RestoreCallback", "INITS", "load_restored_checkpoint"]
@@ -66,26 +66,6 @@ def reinitialize(net: torch.nn.Module, seed: int) -> None:
         net.load_state_dict(target.state_dict())  # copied in place: every tensor stays on its device
 
 
-def check_target(ratio, flops, params, budget) -> tuple:
-    """``(ratio, flops, params, budget)`` of a cell, checked: one ratio or a budget (``flops=`` and/or ``params=``,
-    fractions of the original to keep, with ``budget`` options), which replaces the default ratio (a ratio other
-    than the default beside a budget is an error, as in ``prune_and_restore``); ratio ``None`` with a budget."""
-    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
-    budgeted = flops is not None or params is not None
-    if budgeted and ratio is not None and ratio != DEFAULT_RATIO:
-        raise ValueError(f"give ratio= or a budget (flops=/params=), not both; got ratio={ratio!r} and "
-                         f"flops={flops!r}, params={params!r}")
-    if budget is not None:
-        if not budgeted:
-            raise ValueError("budget= options need flops= or params=")
-        check_budget_options(budget)
-        budget = dict(budget)
-    if budgeted:
-        return None, flops, params, budget
-    check_ratio(ratio)
-    return ratio, flops, params, budget
-
-
 class RestoreCallback(Callback):
     def __init__(self, method="lbyl", criterion: str = "l2-norm", ratio: float = DEFAULT_RATIO,
                  variant: str = "paper", *, init: str = "restored", seed: int = 0, module: str | None = None,
@@ -99,7 +79,8 @@ class RestoreCallback(Callback):
             raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
         check_criterion(criterion)
         # a budget (flops=/params=) replaces the default ratio
-        ratio, self.flops, self.params, self.budget = check_target(ratio, flops, params, budget)
+        ratio, self.flops, self.params, _ = check_target(ratio, flops, params, budget)
+        self.budget = dict(budget) if budget is not None else None  # as given; prune_and_restore fills defaults
         if module is not None and (not isinstance(module, str) or not module):
             raise ValueError(f"module must be the dotted name of a submodule, got {module!r}")
         self.criterion, self.ratio, self.units = criterion, ratio, units
@@ -142,7 +123,8 @@ class RestoreCallback(Callback):
         spec is still taken as already restored and left as it is)."""
         restorer = make_method(method, variant, **hparams)
         check_criterion(criterion)
-        ratio, flops, params, budget = check_target(ratio, flops, params, budget)
+        ratio, flops, params, _ = check_target(ratio, flops, params, budget)
+        budget = dict(budget) if budget is not None else None
         self.refit = refit if refit_options(refit) is not None else False
         self.method, self.criterion, self.ratio = restorer, criterion, ratio
         self.flops, self.params, self.budget = flops, params, budget

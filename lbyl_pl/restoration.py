@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from .budget import Allocation, allocate, check_budget, check_budget_options
+from .budget import Allocation, allocate, check_target
 from .methods import METHODS, make_method
 from .energy import channel_energy
 from .selection import CRITERIA, DEFAULT_RATIO, check_criterion, check_ratio, select_item_kept
@@ -268,15 +268,9 @@ def prune_and_restore(model: nn.Module, method="lbyl", criterion: str = "l2-norm
     """
     restorer = make_method(method, variant, **hparams)
     check_criterion(criterion)
-    flops, params = check_budget(flops, "flops"), check_budget(params, "params")
-    budgeted = flops is not None or params is not None
-    if budgeted and ratio != DEFAULT_RATIO:  # the default ratio is replaced by the budget's allocation
-        raise ValueError(f"give ratio= or a budget (flops=/params=), not both; got ratio={ratio!r} and "
-                         f"flops={flops!r}, params={params!r}")
-    if budget is not None and not budgeted:
-        raise ValueError("budget= options need flops= or params=")
-    budget_options = check_budget_options(budget) if budgeted else None
-    check_ratio(ratio)
+    _, flops, params, budget_options = check_target(ratio, flops, params, budget)  # a budget replaces the ratio
+    budgeted = budget_options is not None
+    check_ratio(ratio)  # the default one, with a budget
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     options = refit_options(refit)  # bad options fail before any work

@@ -93,7 +93,7 @@ def flops_targets(config: dict) -> list[FlopsTarget]:
     return targets
 
 
-def check_units(config: dict):
+def check_restore_units(config: dict):
     """``restore.units``: null (the default units), ``all`` (every unit and coupled group, for methods that prune
     groups only) or a list of producer module names."""
     r = config["restore"]
@@ -359,7 +359,7 @@ def plan_sweep(config: dict) -> list[tuple]:
                               f"got {r[key]!r}")
     check_grid(r["grid"])
     modes = refit_modes(config)
-    check_units(config)
+    check_restore_units(config)
     cells = []
     for criterion in r["criteria"]:
         for ratio in [*r["ratios"], *targets]:
